@@ -1,0 +1,5 @@
+import sys
+
+from rayaccel.cli import main
+
+sys.exit(main())

@@ -1,0 +1,130 @@
+"""`rayaccel` command line: validate, plan, run and data prepare.
+
+Bad input exits with status 2 and one line per problem, never a traceback; a failed
+training run exits with status 1 and its root cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rayaccel.config import ConfigError, dump_job, load_job
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        for line in err.problems:
+            print(line, file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rayaccel",
+        description="Train vision models faster with proven speed-up methods on Ray.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def job_command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("job", help="job YAML file")
+        sub.add_argument(
+            "overrides", nargs="*", metavar="section.key=value", help="override job fields"
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    job_command("validate", _validate, "check a job and print the resolved job")
+    job_command("plan", _plan, "print the epoch/step/batch/LR plan of a job")
+    job_command("run", _run, "train a job on the connected (or a new local) Ray cluster")
+
+    data = commands.add_parser("data", help="dataset tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    from rayaccel.data.prepare import add_prepare_arguments
+
+    prepare = data_commands.add_parser(
+        "prepare",
+        help="convert a dataset into parquet shards",
+        description="Convert Fashion-MNIST, CIFAR-10/100 or a class-per-folder image tree "
+        "into parquet shards plus metadata.json that any Ray cluster can read.",
+    )
+    add_prepare_arguments(prepare)
+    prepare.set_defaults(handler=_prepare)
+    return parser
+
+
+def _load(args, *, check_paths: bool = True):
+    return load_job(args.job, args.overrides, check_paths=check_paths)
+
+
+def _validate(args) -> int:
+    job = _load(args)
+    _check_model(job, args.job)
+    print(dump_job(job), end="")
+    print(f"{args.job}: OK", file=sys.stderr)
+    return 0
+
+
+def _plan(args) -> int:
+    from rayaccel.plan import PlanError, format_plan
+    from rayaccel.train.runner import build_run
+
+    job = _load(args)
+    try:
+        plan, _ = build_run(job)
+    except PlanError as err:
+        raise ConfigError([f"{args.job}: {err}"]) from None
+    print(dump_job(job))
+    print(format_plan(plan))
+    return 0
+
+
+def _run(args) -> int:
+    from rayaccel.plan import PlanError
+    from rayaccel.train.runner import RunFailed, run_job
+
+    job = _load(args)
+    _check_model(job, args.job)
+    try:
+        summary = run_job(job)
+    except PlanError as err:
+        raise ConfigError([f"{args.job}: {err}"]) from None
+    except RunFailed as err:
+        print(f"rayaccel: run failed: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    print(f"[rayaccel] results in {summary['run_folder']}")
+    return 0
+
+
+def _check_model(job, source: str) -> None:
+    from rayaccel.models import RESNET9_NAME, model_exists, suggest_models
+
+    name = job.model.name
+    if name != RESNET9_NAME and not model_exists(name):
+        hint = ", ".join(suggest_models(name)) or "see timm.list_models()"
+        raise ConfigError(
+            [f"{source}: model.name: unknown model {name!r}; resnet9 or a timm model, e.g. {hint}"]
+        )
+
+
+def _prepare(args) -> int:
+    from rayaccel.data.prepare import PrepareError, run_prepare
+
+    try:
+        return run_prepare(args)
+    except (PrepareError, FileNotFoundError) as err:
+        print(f"rayaccel data prepare: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

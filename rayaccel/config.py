@@ -1,0 +1,466 @@
+"""The job YAML: its schema, loading, command-line overrides and readable errors.
+
+A job is validated here, at the edge, and nowhere else: builders turn the validated
+`JobConfig` into plain arguments for the plan, the data pipeline and the training loop, so
+no component ever reads the job. Every problem is reported as one line naming its YAML path
+(`train.optimizer.lr: must be > 0, got -1`) so a user can fix all of them in one go.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class ConfigError(ValueError):
+    """A job that cannot run; `problems` holds one readable line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- data
+class AugmentConfig(_Strict):
+    """CPU-side augmentation applied by Ray Data before batches reach the workers."""
+
+    random_crop_padding_px: int = Field(0, ge=0, le=64)
+    horizontal_flip: bool = False
+
+
+class ParquetData(_Strict):
+    """Parquet shards written by `rayaccel data prepare` (local path or pyarrow URI)."""
+
+    source: Literal["parquet"] = "parquet"
+    train: str
+    val: str | None = None
+    # None means: take it from the train split's metadata.json.
+    image_size_px: int | None = Field(None, ge=8, le=4096)
+    channels: Literal[1, 3] | None = None
+    num_classes: int | None = Field(None, ge=2)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    on_bad_row: Literal["fail", "skip"] = "fail"
+    augment: AugmentConfig = AugmentConfig()
+    decode_batch_rows: int = Field(256, ge=1)
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, std: list[float] | None) -> list[float] | None:
+        if std is not None and any(s <= 0 for s in std):
+            raise ValueError(f"every std must be > 0, got {std}")
+        return std
+
+
+DataConfig = ParquetData
+
+
+# ---------------------------------------------------------------- model
+class ResNet9Model(_Strict):
+    """The built-in myrtle.ai ResNet-9 (METHODS.md section 4)."""
+
+    name: Literal["resnet9"]
+    width_multiplier: float = Field(1.0, gt=0, le=8)
+    activation: Literal["relu", "celu"] = "relu"
+    pool_before_activation: bool = False
+
+
+class TimmModel(_Strict):
+    """Any timm model, built with `timm.create_model(name, **kwargs)`."""
+
+    name: str = Field(min_length=1)
+    kwargs: dict[str, Any] = {}
+
+    @field_validator("kwargs")
+    @classmethod
+    def _no_reserved(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        reserved = {"num_classes", "in_chans", "pretrained"} & set(kwargs)
+        if reserved:
+            raise ValueError(
+                f"{sorted(reserved)} are set by rayaccel (num_classes and in_chans come from "
+                "data; pretrained weights cannot be downloaded at run time); remove them"
+            )
+        return kwargs
+
+
+def _model_tag(value: Any) -> str:
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    return "resnet9" if name == "resnet9" else "timm"
+
+
+ModelConfig = Annotated[
+    Annotated[ResNet9Model, Tag("resnet9")] | Annotated[TimmModel, Tag("timm")],
+    Discriminator(_model_tag),
+]
+
+
+# ---------------------------------------------------------------- train
+class OptimizerConfig(_Strict):
+    """SGD with Nesterov momentum or AdamW; norms and biases never get weight decay."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(gt=0, le=100)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class CosineSchedule(_Strict):
+    """Linear warmup then cosine decay, in epochs."""
+
+    name: Literal["cosine"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    final_fraction: float = Field(0.0, ge=0, le=1)
+
+
+class PiecewiseSchedule(_Strict):
+    """Piecewise-linear LR multiplier through (epoch, multiplier) points."""
+
+    name: Literal["piecewise"]
+    points: list[tuple[float, float]] = Field(min_length=2)
+
+    @field_validator("points")
+    @classmethod
+    def _sorted(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        epochs = [p[0] for p in points]
+        if epochs != sorted(epochs):
+            raise ValueError(f"epochs must be increasing, got {epochs}")
+        if any(m < 0 for _, m in points):
+            raise ValueError("multipliers must be >= 0")
+        return points
+
+
+ScheduleConfig = Annotated[CosineSchedule | PiecewiseSchedule, Field(discriminator="name")]
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(gt=0, le=100_000)
+    global_batch_size: int = Field(gt=0)
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig = CosineSchedule()
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    eval_every_epochs: int = Field(1, ge=1)
+    log_every_steps: int = Field(20, ge=1)
+
+
+# ---------------------------------------------------------------- scaling
+class ScalingSection(_Strict):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    # Ray resources each training worker reserves; None means 1 CPU (plus 1 GPU with use_gpu).
+    resources_per_worker: dict[str, float] | None = None
+    # CPUs each Ray Data decode/augment task reserves; fractions let them share cores.
+    preprocess_cpus: float = Field(1.0, gt=0)
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _positive(cls, res: dict[str, float] | None) -> dict[str, float] | None:
+        if res is not None:
+            bad = {k: v for k, v in res.items() if v < 0}
+            if bad:
+                raise ValueError(f"amounts must be >= 0, got {bad}")
+        return res
+
+
+# ---------------------------------------------------------------- run
+class RunSection(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)
+    storage_path: str = "runs"
+    checkpoint_every_epochs: int = Field(1, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1)
+
+
+class JobConfig(_Strict):
+    """A whole job: what to train on, what to train, how, on how much, and where to write."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    scaling: ScalingSection = ScalingSection()
+    run: RunSection
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> JobConfig:
+        problems = []
+        workers = self.scaling.num_workers
+        batch = self.train.global_batch_size
+        if batch < workers:
+            problems.append(
+                f"train.global_batch_size: must be >= scaling.num_workers={workers}, got {batch}"
+            )
+        elif batch % workers:
+            problems.append(
+                f"train.global_batch_size: must be a multiple of scaling.num_workers={workers}, "
+                f"got {batch} (try {batch - batch % workers})"
+            )
+        schedule = self.train.schedule
+        if isinstance(schedule, CosineSchedule) and schedule.warmup_epochs > self.train.epochs:
+            problems.append(
+                f"train.schedule.warmup_epochs: must be <= train.epochs={self.train.epochs}, "
+                f"got {schedule.warmup_epochs}"
+            )
+        if self.train.precision == "fp16" and not self.scaling.use_gpu:
+            problems.append(
+                "train.precision: fp16 needs scaling.use_gpu: true (use bf16 or fp32 on CPU)"
+            )
+        res = self.scaling.resources_per_worker or {}
+        if self.scaling.use_gpu and res.get("GPU", 1) <= 0:
+            problems.append("scaling.resources_per_worker.GPU: must be > 0 when use_gpu is true")
+        for name in ("mean", "std"):
+            values = getattr(self.data, name)
+            if values is not None and self.data.channels and len(values) != self.data.channels:
+                problems.append(
+                    f"data.{name}: needs one value per channel ({self.data.channels}), "
+                    f"got {len(values)}"
+                )
+        if problems:
+            raise ValueError(_CROSS_MARK + "\n".join(problems))
+        return self
+
+
+_CROSS_MARK = "@cross@"
+
+
+# ---------------------------------------------------------------- loading
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Reads a YAML mapping, turning I/O and syntax problems into a `ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"{path}: no such job file"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            [f"{path}: the job must be a mapping of sections, got {type(raw).__name__}"]
+        )
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies `section.key=value` overrides; values are parsed as YAML (`3`, `true`, `[1,2]`)."""
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", key):
+            problems.append(f"override {item!r}: expected section.key=value, e.g. train.epochs=3")
+            continue
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(f"override {item!r}: {part} is not a section")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems)
+    return raw
+
+
+def parse_job(raw: dict[str, Any], *, source: str = "job") -> JobConfig:
+    """Validates a raw mapping into a `JobConfig`; raises `ConfigError` with every problem."""
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, raw, source)) from None
+
+
+def load_job(path: str | Path, overrides: list[str] = (), *, check_paths: bool = True) -> JobConfig:
+    """Reads, overrides and validates a job file.
+
+    Args:
+        path: The job YAML.
+        overrides: `section.key=value` strings from the command line.
+        check_paths: Also check that the data folders exist and hold rayaccel metadata,
+            and fill image size, channels, classes and mean/std from it where the job left
+            them out.
+    """
+    raw = apply_overrides(read_yaml(path), list(overrides))
+    job = parse_job(raw, source=str(path))
+    if check_paths:
+        job = resolve_data(job, source=str(path))
+    return job
+
+
+def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
+    """Checks the data folders and fills data fields the job left to the dataset metadata."""
+    from rayaccel.data.metadata import read_meta
+
+    problems = []
+    metas = {}
+    for split in ("train", "val"):
+        location = getattr(job.data, split)
+        if location is None:
+            continue
+        try:
+            metas[split] = read_meta(location)
+        except (FileNotFoundError, ValueError, OSError) as err:
+            problems.append(
+                f"data.{split}: {location} is not a prepared dataset folder ({err}); "
+                "make one with `rayaccel data prepare`"
+            )
+    if problems:
+        raise ConfigError([f"{source}: {p}" for p in problems])
+    meta = metas["train"]
+    filled = {}
+    if job.data.image_size_px is None:
+        if meta.image_size is None or meta.image_size[0] != meta.image_size[1]:
+            problems.append(
+                f"data.image_size_px: the images in {job.data.train} are not one square size "
+                f"({meta.image_size}); set data.image_size_px"
+            )
+        else:
+            filled["image_size_px"] = meta.image_size[0]
+    for field, value in (
+        ("channels", meta.channels),
+        ("num_classes", meta.num_classes),
+        ("mean", list(meta.mean)),
+        ("std", list(meta.std)),
+    ):
+        if getattr(job.data, field) is None:
+            filled[field] = value
+    channels = job.data.channels or meta.channels
+    for name in ("mean", "std"):
+        values = getattr(job.data, name) or filled.get(name)
+        if len(values) != channels:
+            problems.append(
+                f"data.{name}: needs one value per channel ({channels}), got {len(values)}"
+            )
+    if "val" in metas and metas["val"].num_classes > (job.data.num_classes or meta.num_classes):
+        problems.append(
+            f"data.val: has {metas['val'].num_classes} classes but training uses "
+            f"{job.data.num_classes or meta.num_classes}"
+        )
+    if problems:
+        raise ConfigError([f"{source}: {p}" for p in problems])
+    data = job.data.model_copy(update=filled)
+    return job.model_copy(update={"data": data})
+
+
+def dump_job(job: JobConfig) -> str:
+    """The resolved job as YAML (written into every run folder)."""
+    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- error text
+def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> list[str]:
+    lines = []
+    for item in err.errors(include_url=False):
+        loc = [str(p) for p in item["loc"] if not _is_union_tag(p)]
+        where = ".".join(loc) or "(top level)"
+        kind = item["type"]
+        ctx = item.get("ctx") or {}
+        got = item.get("input")
+        message = item["msg"]
+        if kind == "value_error" and _CROSS_MARK in message:
+            lines.extend(
+                f"{source}: {line}" for line in message.split(_CROSS_MARK, 1)[1].splitlines()
+            )
+            continue
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+            text = f"unknown key{hint}"
+        elif kind == "missing":
+            text = "required, but missing"
+        elif kind in _BOUNDS:
+            op, key = _BOUNDS[kind]
+            text = f"must be {op} {_number(ctx.get(key))}, got {got!r}"
+        elif kind in ("literal_error", "union_tag_invalid", "enum"):
+            text = f"must be {ctx.get('expected', 'one of the allowed values')}, got {got!r}"
+        elif kind in ("int_type", "int_parsing", "int_from_float"):
+            text = f"must be an integer, got {got!r}"
+        elif kind in ("float_type", "float_parsing"):
+            text = f"must be a number, got {got!r}"
+        elif kind in ("bool_type", "bool_parsing"):
+            text = f"must be true or false, got {got!r}"
+        elif kind in ("string_type",):
+            text = f"must be a string, got {got!r}"
+        elif kind in ("dict_type", "model_type", "model_attributes_type"):
+            text = f"must be a mapping of keys, got {got!r}"
+        elif kind in ("list_type", "tuple_type"):
+            text = f"must be a list, got {got!r}"
+        elif kind == "string_pattern_mismatch":
+            text = f"must use only letters, digits, '.', '_' and '-', got {got!r}"
+        elif kind in ("too_short", "too_long"):
+            text = f"{message.lower()}, got {got!r}"
+        elif kind == "value_error":
+            text = message.removeprefix("Value error, ")
+        else:
+            text = f"{message}, got {got!r}"
+        lines.append(f"{source}: {where}: {text}")
+    return lines
+
+
+_BOUNDS = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
+
+
+def _number(value: Any) -> Any:
+    """1.0 -> 1 so bounds read as the user wrote them."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _is_union_tag(part: Any) -> bool:
+    return part in ("resnet9", "timm", "cosine", "piecewise")
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    """The keys a section accepts, for the 'unknown key' hint; empty when not resolvable."""
+    sections: dict[str, type[BaseModel]] = {
+        "": JobConfig,
+        "data": ParquetData,
+        "data.augment": AugmentConfig,
+        "train": TrainConfig,
+        "train.optimizer": OptimizerConfig,
+        "scaling": ScalingSection,
+        "run": RunSection,
+    }
+    key = ".".join(loc)
+    if key in sections:
+        return list(sections[key].model_fields)
+    if key == "model":
+        return sorted(set(ResNet9Model.model_fields) | set(TimmModel.model_fields))
+    if key == "train.schedule":
+        return sorted(set(CosineSchedule.model_fields) | set(PiecewiseSchedule.model_fields))
+    return []

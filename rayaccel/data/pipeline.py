@@ -1,0 +1,170 @@
+"""Ray Data pipelines: parquet shards -> decoded, augmented uint8 batches for the workers.
+
+The work that scales with images (reading, PNG/JPEG decoding, crop and flip) runs in Ray
+Data tasks that reserve only CPUs, so on a cluster it lands on CPU nodes; workers receive
+compact uint8 NCHW batches and normalise on their own device.
+
+Bad rows (undecodable bytes, labels out of range) either fail the run with the shard, the
+row and the reason, or, with `on_bad_row="skip"`, are kept in the stream with `bad=1` and
+blank pixels so the worker can drop and count them: every worker still takes the same number
+of steps, and the count reaches the epoch metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from rayaccel.data.codec import decode_image
+from rayaccel.data.metadata import ShardSetMeta, resolve_path
+
+BAD_ROW_MARK = "rayaccel bad data row"
+
+
+class BadRowError(ValueError):
+    """A row that cannot be trained on; the message names shard, row and reason."""
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """Plain arguments of the decode/augment operator (no job config crosses into Ray Data)."""
+
+    image_size_px: int
+    channels: int
+    num_classes: int
+    on_bad_row: str
+    random_crop_padding_px: int = 0
+    horizontal_flip: bool = False
+    shard_first_index: tuple[tuple[str, int], ...] = ()
+
+
+def shard_paths(location: str, meta: ShardSetMeta) -> tuple[pafs.FileSystem, list[str]]:
+    """The filesystem and the shard files of a split, in index order."""
+    fs, root = resolve_path(location)
+    return fs, [f"{root.rstrip('/')}/{shard.file}" for shard in meta.shards]
+
+
+def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.Generator):
+    """Decodes and augments one batch of rows; pure apart from `rng`.
+
+    Returns `image` (N, C, H, W) uint8, `label` int64, `index` int64 and `bad` uint8.
+    """
+    count = len(batch["index"])
+    size = spec.image_size_px
+    images = np.zeros((count, size, size, spec.channels), dtype=np.uint8)
+    bad = np.zeros(count, dtype=np.uint8)
+    labels = np.asarray(batch["label"], dtype=np.int64)
+    indices = np.asarray(batch["index"], dtype=np.int64)
+    for row in range(count):
+        reason = None
+        if not 0 <= labels[row] < spec.num_classes:
+            reason = f"label {labels[row]} is outside 0..{spec.num_classes - 1}"
+        else:
+            try:
+                pixels = decode_image(batch["image"][row], spec.channels)
+                if pixels.shape[0] != size or pixels.shape[1] != size:
+                    pixels = _resize(pixels, size)
+                images[row] = pixels
+            except ValueError as err:
+                reason = str(err)
+        if reason is not None:
+            if spec.on_bad_row == "fail":
+                raise BadRowError(_describe_row(batch, row, indices[row], spec) + reason)
+            bad[row] = 1
+            labels[row] = 0
+    if spec.random_crop_padding_px:
+        images = random_crop(images, spec.random_crop_padding_px, rng)
+    if spec.horizontal_flip:
+        flip = rng.random(count) < 0.5
+        images[flip] = images[flip, :, ::-1]
+    return {
+        "image": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
+        "label": labels,
+        "index": indices,
+        "bad": bad,
+    }
+
+
+def random_crop(images: np.ndarray, padding_px: int, rng: np.random.Generator) -> np.ndarray:
+    """Random crops of the original size from zero-padded NHWC images, one offset per image."""
+    count, height, width, _ = images.shape
+    padded = np.pad(images, ((0, 0), (padding_px,) * 2, (padding_px,) * 2, (0, 0)))
+    offsets = rng.integers(0, 2 * padding_px + 1, size=(count, 2))
+    out = np.empty_like(images)
+    for i, (dy, dx) in enumerate(offsets):
+        out[i] = padded[i, dy : dy + height, dx : dx + width]
+    return out
+
+
+def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    mode = "L" if pixels.shape[2] == 1 else "RGB"
+    image = Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode)
+    resized = np.asarray(image.resize((size, size), Image.BILINEAR))
+    return resized.reshape(size, size, -1)
+
+
+def _describe_row(batch, row: int, index: int, spec: DecodeSpec) -> str:
+    path = str(batch["path"][row]) if "path" in batch else "?"
+    shard = os.path.basename(path)
+    first = dict(spec.shard_first_index).get(shard)
+    position = f"row {index - first}" if first is not None else "row ?"
+    return f"{BAD_ROW_MARK}: shard {path} {position} (index {index}): "
+
+
+def _decode_task(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
+    # Augmentation randomness is fresh per call; the shuffle order is what is seeded and
+    # reproducible.
+    return decode_batch(batch, spec, np.random.default_rng())
+
+
+def build_dataset(
+    location: str,
+    meta: ShardSetMeta,
+    spec: DecodeSpec,
+    *,
+    shuffle_seed: int | None,
+    preprocess_cpus: float,
+    decode_batch_rows: int,
+):
+    """The Ray Data pipeline for one split.
+
+    Args:
+        location: Folder or URI of the split's shards.
+        meta: The split's metadata (names the shards and their first indices).
+        spec: What to decode to and how to augment.
+        shuffle_seed: Seed of the per-epoch full shuffle (a different, reproducible order on
+            every execution, i.e. every epoch); None keeps the stored order (evaluation).
+        preprocess_cpus: CPUs each decode task reserves; set explicitly because a default
+            1-CPU task may never schedule next to fractional training workers.
+        decode_batch_rows: Rows per decode task call.
+    """
+    import ray.data
+    from ray.data import RandomSeedConfig
+
+    fs, paths = shard_paths(location, meta)
+    first_index = tuple((shard.file, shard.first_index) for shard in meta.shards)
+    spec = dataclasses.replace(spec, shard_first_index=first_index)
+    ds = ray.data.read_parquet(
+        paths,
+        filesystem=fs,
+        columns=["image", "label", "index"],
+        include_paths=True,
+        num_cpus=preprocess_cpus,
+    )
+    if shuffle_seed is not None:
+        ds = ds.random_shuffle(
+            seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True)
+        )
+    return ds.map_batches(
+        _decode_task,
+        fn_kwargs={"spec": spec},
+        batch_size=decode_batch_rows,
+        batch_format="numpy",
+        num_cpus=preprocess_cpus,
+    )
