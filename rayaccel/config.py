@@ -141,14 +141,29 @@ class PiecewiseSchedule(_Strict):
     @classmethod
     def _sorted(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
         epochs = [p[0] for p in points]
-        if epochs != sorted(epochs):
-            raise ValueError(f"epochs must be increasing, got {epochs}")
-        if any(m < 0 for _, m in points):
-            raise ValueError("multipliers must be >= 0")
+        if any(later <= earlier for earlier, later in zip(epochs, epochs[1:], strict=False)):
+            raise ValueError(f"epochs must be strictly increasing, got {epochs}")
+        if any(not 0 <= m <= 1 for _, m in points):
+            raise ValueError(
+                "multipliers must be in [0, 1] (they scale train.optimizer.lr), "
+                f"got {[m for _, m in points]}"
+            )
         return points
 
 
-ScheduleConfig = Annotated[CosineSchedule | PiecewiseSchedule, Field(discriminator="name")]
+def _schedule_tag(value: Any) -> str | None:
+    name = value.get("name", "cosine") if isinstance(value, dict) else getattr(value, "name", None)
+    return name if name in ("cosine", "piecewise") else None
+
+
+ScheduleConfig = Annotated[
+    Annotated[CosineSchedule, Tag("cosine")] | Annotated[PiecewiseSchedule, Tag("piecewise")],
+    Discriminator(
+        _schedule_tag,
+        custom_error_type="invalid_schedule",
+        custom_error_message="must be 'cosine' or 'piecewise'",
+    ),
+]
 
 
 class TrainConfig(_Strict):
@@ -161,6 +176,145 @@ class TrainConfig(_Strict):
     seed: int = 0
     eval_every_epochs: int = Field(1, ge=1)
     log_every_steps: int = Field(20, ge=1)
+
+
+# ---------------------------------------------------------------- curriculum
+class ReplaySection(_Strict):
+    """The per-worker replay buffer of EfficientTrain++ (METHODS.md section 1).
+
+    `uint8` keeps raw pixels as they arrive from Ray Data (half the memory; low-pass crop and
+    normalisation are recomputed for replayed samples); `fp16` keeps normalised, already
+    low-passed inputs like the release (no recomputation, twice the memory).
+    """
+
+    capacity_samples: int = Field(4096, ge=1)
+    dtype: Literal["uint8", "fp16"] = "uint8"
+
+
+class CurriculumStage(_Strict):
+    """One stage of a custom curriculum."""
+
+    resolution_px: int = Field(ge=8, le=4096)
+    # timm's 0..10 scale; 0 turns RandAugment off for the stage.
+    randaug_magnitude: float = Field(0.0, ge=0, le=10)
+    # Relative compute of the stage; shares are normalised over all stages.
+    share: float = Field(1.0, gt=0)
+    replay_factor: int = Field(1, ge=1, le=64)
+    # None means the Early-Large-Batch rule (curriculum.max_global_batch).
+    global_batch_size: int | None = Field(None, ge=1)
+
+
+class _CurriculumBase(_Strict):
+    mode: Literal["fft", "resize"] = "resize"
+    # Compute budget in equivalent full-resolution epochs; train.epochs is the baseline.
+    budget_epochs: float = Field(gt=0, le=100_000)
+    # Early Large Batch cap; None means train.global_batch_size (no larger early batches).
+    max_global_batch: int | None = Field(None, ge=1)
+    # Cap on the square-root-scaled LR; None means no cap.
+    lr_max: float | None = Field(None, gt=0, le=100)
+    replay: ReplaySection = ReplaySection()
+    randaugment: bool = True
+
+
+class EtppCurriculum(_CurriculumBase):
+    """The EfficientTrain++ preset: 10 equal-compute stages for a model family."""
+
+    preset: Literal["et++"] = "et++"
+    family: Literal["resnet", "swin", "cswin", "deit", "convnext", "generic"] = "generic"
+
+
+class CustomCurriculum(_CurriculumBase):
+    """A user-written stage list."""
+
+    preset: Literal["custom"] = "custom"
+    stages: list[CurriculumStage] = Field(min_length=1, max_length=100)
+
+
+def _curriculum_tag(value: Any) -> str:
+    if isinstance(value, dict):
+        preset = value.get("preset")
+        if preset is None:
+            return "custom" if "stages" in value else "et++"
+        return preset if isinstance(preset, str) else "et++"
+    return getattr(value, "preset", "et++")
+
+
+CurriculumConfig = Annotated[
+    Annotated[EtppCurriculum, Tag("et++")] | Annotated[CustomCurriculum, Tag("custom")],
+    Discriminator(_curriculum_tag),
+]
+
+
+def curriculum_problems(job: JobConfig) -> list[str]:
+    """Settings of a curriculum that validate one by one but cannot run together.
+
+    Needs `data.image_size_px`; it is called again after the size was read from the dataset
+    metadata when the job left it out.
+    """
+    from rayaccel.methods.curriculum import etpp_replay_factors, etpp_resolutions
+
+    curriculum = job.curriculum
+    full_px = job.data.image_size_px
+    if curriculum is None or full_px is None:
+        return []
+    problems = []
+    workers = job.scaling.num_workers
+    batch = job.train.global_batch_size
+    if curriculum.max_global_batch is not None and curriculum.max_global_batch < batch:
+        problems.append(
+            f"curriculum.max_global_batch: must be >= train.global_batch_size={batch}, "
+            f"got {curriculum.max_global_batch}"
+        )
+    if curriculum.lr_max is not None and curriculum.lr_max < job.train.optimizer.lr:
+        problems.append(
+            f"curriculum.lr_max: must be >= train.optimizer.lr={job.train.optimizer.lr}, "
+            f"got {curriculum.lr_max}"
+        )
+    if not isinstance(job.train.schedule, CosineSchedule):
+        problems.append(
+            "train.schedule: a curriculum drives warmup and cosine by the fraction of compute "
+            "spent; use name: cosine"
+        )
+    elif job.train.schedule.warmup_epochs >= curriculum.budget_epochs:
+        problems.append(
+            f"train.schedule.warmup_epochs: counts equivalent full-resolution epochs with a "
+            f"curriculum and must be < curriculum.budget_epochs={curriculum.budget_epochs}, "
+            f"got {job.train.schedule.warmup_epochs}"
+        )
+    if isinstance(curriculum, EtppCurriculum):
+        resolutions = etpp_resolutions(curriculum.family, full_px)
+        for i, factor in enumerate(etpp_replay_factors(resolutions, full_px)):
+            if batch // workers < factor:
+                problems.append(
+                    f"train.global_batch_size: the et++ preset replays stage {i} {factor}x, "
+                    f"which needs a per-worker batch >= {factor}; {batch} over {workers} "
+                    f"workers gives {batch // workers}"
+                )
+                break
+        return problems
+    for i, stage in enumerate(curriculum.stages):
+        where = f"curriculum.stages.{i}"
+        if stage.resolution_px > full_px:
+            problems.append(
+                f"{where}.resolution_px: must be <= data.image_size_px={full_px}, "
+                f"got {stage.resolution_px}"
+            )
+        stage_batch = stage.global_batch_size
+        if stage_batch is not None and stage_batch % workers:
+            problems.append(
+                f"{where}.global_batch_size: must be a multiple of scaling.num_workers="
+                f"{workers}, got {stage_batch}"
+            )
+            continue
+        # The Early-Large-Batch rule never goes below train.global_batch_size.
+        per_worker = (stage_batch or batch) // workers
+        if per_worker < stage.replay_factor:
+            problems.append(
+                f"{where}.replay_factor: needs a per-worker batch >= {stage.replay_factor}, "
+                f"but the stage's batch {stage_batch or batch} over {workers} workers gives "
+                f"{per_worker}"
+            )
+    return problems
 
 
 # ---------------------------------------------------------------- scaling
@@ -199,6 +353,8 @@ class JobConfig(_Strict):
     train: TrainConfig
     scaling: ScalingSection = ScalingSection()
     run: RunSection
+    # None trains every epoch at full resolution, as the baseline.
+    curriculum: CurriculumConfig | None = None
 
     @model_validator(mode="after")
     def _cross_field(self) -> JobConfig:
@@ -215,10 +371,10 @@ class JobConfig(_Strict):
                 f"got {batch} (try {batch - batch % workers})"
             )
         schedule = self.train.schedule
-        if isinstance(schedule, CosineSchedule) and schedule.warmup_epochs > self.train.epochs:
+        if isinstance(schedule, CosineSchedule) and schedule.warmup_epochs >= self.train.epochs:
             problems.append(
-                f"train.schedule.warmup_epochs: must be <= train.epochs={self.train.epochs}, "
-                f"got {schedule.warmup_epochs}"
+                f"train.schedule.warmup_epochs: must be < train.epochs={self.train.epochs}, "
+                f"got {_number(schedule.warmup_epochs)}"
             )
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             problems.append(
@@ -234,6 +390,7 @@ class JobConfig(_Strict):
                     f"data.{name}: needs one value per channel ({self.data.channels}), "
                     f"got {len(values)}"
                 )
+        problems.extend(curriculum_problems(self))
         if problems:
             raise ValueError(_CROSS_MARK + "\n".join(problems))
         return self
@@ -330,7 +487,9 @@ def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
             continue
         try:
             metas[split] = read_meta(location)
-        except (FileNotFoundError, ValueError, OSError) as err:
+        except FileNotFoundError as err:
+            problems.append(f"data.{split}: {err}")
+        except (ValueError, OSError) as err:
             problems.append(
                 f"data.{split}: {location} is not a prepared dataset folder ({err}); "
                 "make one with `rayaccel data prepare`"
@@ -370,7 +529,12 @@ def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
     if problems:
         raise ConfigError([f"{source}: {p}" for p in problems])
     data = job.data.model_copy(update=filled)
-    return job.model_copy(update={"data": data})
+    job = job.model_copy(update={"data": data})
+    if "image_size_px" in filled:
+        problems.extend(curriculum_problems(job))
+    if problems:
+        raise ConfigError([f"{source}: {p}" for p in problems])
+    return job
 
 
 def dump_job(job: JobConfig) -> str:
@@ -382,7 +546,7 @@ def dump_job(job: JobConfig) -> str:
 def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> list[str]:
     lines = []
     for item in err.errors(include_url=False):
-        loc = [str(p) for p in item["loc"] if not _is_union_tag(p)]
+        loc, tags = _split_tags(item["loc"])
         where = ".".join(loc) or "(top level)"
         kind = item["type"]
         ctx = item.get("ctx") or {}
@@ -393,8 +557,13 @@ def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> li
                 f"{source}: {line}" for line in message.split(_CROSS_MARK, 1)[1].splitlines()
             )
             continue
+        if kind == "union_tag_invalid" and loc == ["curriculum"]:
+            lines.append(
+                f"{source}: curriculum.preset: must be 'et++' or 'custom', got {ctx.get('tag')!r}"
+            )
+            continue
         if kind == "extra_forbidden":
-            allowed = _allowed_keys(loc[:-1])
+            allowed = _allowed_keys(loc[:-1], tags)
             hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
             text = f"unknown key{hint}"
         elif kind == "missing":
@@ -402,8 +571,14 @@ def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> li
         elif kind in _BOUNDS:
             op, key = _BOUNDS[kind]
             text = f"must be {op} {_number(ctx.get(key))}, got {got!r}"
-        elif kind in ("literal_error", "union_tag_invalid", "enum"):
+        elif kind == "invalid_schedule":
+            where += ".name"
+            name = got.get("name") if isinstance(got, dict) else got
+            text = f"must be 'cosine' or 'piecewise', got {name!r}"
+        elif kind in ("literal_error", "enum"):
             text = f"must be {ctx.get('expected', 'one of the allowed values')}, got {got!r}"
+        elif kind == "union_tag_invalid":
+            text = f"must be {ctx.get('expected_tags')}, got {ctx.get('tag', got)!r}"
         elif kind in ("int_type", "int_parsing", "int_from_float"):
             text = f"must be an integer, got {got!r}"
         elif kind in ("float_type", "float_parsing"):
@@ -441,11 +616,22 @@ def _number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _is_union_tag(part: Any) -> bool:
-    return part in ("resnet9", "timm", "cosine", "piecewise")
+_UNION_SECTIONS = ("model", "schedule", "curriculum")
 
 
-def _allowed_keys(loc: list[str]) -> list[str]:
+def _split_tags(raw_loc: tuple) -> tuple[list[str], dict[str, str]]:
+    """The YAML path of an error without pydantic's union tags, and the tag of each union."""
+    loc: list[str] = []
+    tags: dict[str, str] = {}
+    for part in map(str, raw_loc):
+        if loc and loc[-1] in _UNION_SECTIONS and ".".join(loc) not in tags:
+            tags[".".join(loc)] = part
+            continue
+        loc.append(part)
+    return loc, tags
+
+
+def _allowed_keys(loc: list[str], tags: dict[str, str]) -> list[str]:
     """The keys a section accepts, for the 'unknown key' hint; empty when not resolvable."""
     sections: dict[str, type[BaseModel]] = {
         "": JobConfig,
@@ -455,12 +641,18 @@ def _allowed_keys(loc: list[str]) -> list[str]:
         "train.optimizer": OptimizerConfig,
         "scaling": ScalingSection,
         "run": RunSection,
+        "curriculum.replay": ReplaySection,
     }
     key = ".".join(loc)
     if key in sections:
         return list(sections[key].model_fields)
     if key == "model":
-        return sorted(set(ResNet9Model.model_fields) | set(TimmModel.model_fields))
+        model = ResNet9Model if tags.get("model") == "resnet9" else TimmModel
+        return list(model.model_fields)
+    if key == "curriculum":
+        return sorted(set(EtppCurriculum.model_fields) | set(CustomCurriculum.model_fields))
+    if re.fullmatch(r"curriculum\.stages\.\d+", key):
+        return list(CurriculumStage.model_fields)
     if key == "train.schedule":
         return sorted(set(CosineSchedule.model_fields) | set(PiecewiseSchedule.model_fields))
     return []

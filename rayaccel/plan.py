@@ -2,13 +2,36 @@
 
 `make_plan` is a pure function of the validated job and the dataset size. The training loop
 only executes a plan, and `rayaccel plan` prints it, so what a user reads is what runs.
+
+Without a curriculum a plan is one stage at full resolution whose LR schedule runs on epochs.
+With an EfficientTrain++ curriculum (`job.curriculum`) it has one stage per curriculum stage,
+each with its own resolution, RandAugment magnitude, replay factor R, Early-Large-Batch batch
+size and peak LR, and the schedule runs on the fraction of compute spent. Decisions:
+
+- An epoch is one pass over *fresh* data. With replay factor R a step takes
+  `ceil(per_worker_batch / R)` fresh samples and fills the batch from the replay buffer, so an
+  epoch trains about R times the dataset. A stage whose curriculum asks for `data_epochs`
+  (trained-sample passes, `budget share * (full/B)^2`) therefore runs about
+  `data_epochs / R` epochs. Epochs are whole: each stage takes at least 1, and the rounding
+  error (in equivalent full-resolution epochs) is carried into the next stage, so the compute
+  spent up to every stage boundary stays as close to the plan as whole epochs allow. Rounding
+  changes the compute actually spent; the plan reports both the planned and the actual
+  compute, and the LR schedule follows the actual one. Tiny budgets with many stages are
+  dominated by the 1-epoch minimum: prefer fewer stages there.
+- Compute is pixels times trained images (the paper's model): a stage costs
+  `epochs * steps * global_batch * B^2`; the baseline is `train.epochs` epochs of the plain
+  job (`steps * global_batch` images each) at full resolution.
+- Warmup is `train.schedule.warmup_epochs` equivalent full-resolution epochs, i.e. the
+  fraction `warmup_epochs / budget_epochs` of the compute.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
-from rayaccel.config import CosineSchedule, JobConfig
+from rayaccel.config import CosineSchedule, EtppCurriculum, JobConfig
+from rayaccel.methods import curriculum as etpp
 from rayaccel.train.schedules import lr_multiplier
 
 
@@ -24,10 +47,26 @@ class StagePlan:
     per_worker_batch: int
     steps_per_epoch: int
     peak_lr: float
+    # Curriculum fields; the defaults describe a plain full-resolution stage.
+    randaug_magnitude: float = 0.0
+    replay_factor: int = 1
+    planned_data_epochs: float = 0.0
+    compute_share: float = 1.0
+    dataset: str = "train"
 
     @property
     def end_epoch(self) -> int:
         return self.first_epoch + self.num_epochs
+
+    @property
+    def fresh_per_worker_batch(self) -> int:
+        """Fresh samples each worker takes from Ray Data per step (the rest is replayed)."""
+        return -(-self.per_worker_batch // self.replay_factor)
+
+    @property
+    def compute_px_images(self) -> int:
+        """Pixels times trained images of the whole stage (the compute model)."""
+        return self.num_epochs * self.steps_per_epoch * self.global_batch * self.resolution_px**2
 
 
 @dataclass(frozen=True)
@@ -39,6 +78,12 @@ class Plan:
     num_workers: int = 1
     train_samples: int = 0
     full_resolution_px: int = 0
+    # "epochs" (plain jobs) or "compute" (curriculum: the schedule's unit is the compute fraction).
+    schedule_progress: str = "epochs"
+    # None, or how a curriculum lowers the frequency content: "fft" or "resize".
+    lowpass_mode: str | None = None
+    baseline_epochs: int = 0
+    baseline_images_per_epoch: int = 0
 
     @property
     def total_epochs(self) -> int:
@@ -55,10 +100,60 @@ class Plan:
         raise IndexError(f"epoch {epoch} is outside the plan (0..{self.total_epochs - 1})")
 
     def lr_at(self, epoch: int, step: int) -> float:
-        """The learning rate at a step inside an epoch (schedules run on fractional epochs)."""
+        """The learning rate at a step inside an epoch.
+
+        Plain plans run the schedule on fractional epochs; curriculum plans on the fraction of
+        compute spent, so the many cheap low-resolution steps do not eat the schedule.
+        """
         stage = self.stage_of(epoch)
-        progress_epochs = epoch + step / max(stage.steps_per_epoch, 1)
-        return stage.peak_lr * lr_multiplier(progress_epochs, self.schedule)
+        if self.schedule_progress == "compute":
+            progress = self.compute_fraction_at(epoch, step)
+        else:
+            progress = epoch + step / max(stage.steps_per_epoch, 1)
+        return stage.peak_lr * lr_multiplier(progress, self.schedule)
+
+    def compute_fraction_at(self, epoch: int, step: int) -> float:
+        """Fraction of the plan's actual compute spent before `step` of `epoch`, in [0, 1]."""
+        stage = self.stage_of(epoch)
+        epoch_in_stage = epoch - stage.first_epoch + step / max(stage.steps_per_epoch, 1)
+        stages = [
+            etpp.Stage(
+                index=s.index,
+                resolution_px=s.resolution_px,
+                randaug_magnitude=s.randaug_magnitude,
+                compute_share=s.compute_share,
+                data_epochs=s.num_epochs,
+                replay_factor=s.replay_factor,
+                batch_size=s.global_batch,
+                lr=s.peak_lr,
+            )
+            for s in self.stages
+        ]
+        return etpp.compute_fraction_at(stage.index, epoch_in_stage, stages)
+
+    def compute_relative_to_baseline(self) -> float:
+        """Actual training compute relative to the baseline job (all epochs at full size)."""
+        baseline = self.baseline_epochs * self.baseline_images_per_epoch
+        spent = sum(s.compute_px_images for s in self.stages)
+        return spent / max(baseline * self.full_resolution_px**2, 1)
+
+    def planned_compute_relative_to_baseline(self) -> float:
+        """The curriculum's compute before epochs were rounded to whole numbers."""
+        spent = sum(
+            s.planned_data_epochs * s.resolution_px**2 / self.full_resolution_px**2
+            for s in self.stages
+        )
+        return spent / max(self.baseline_epochs, 1)
+
+    def val_dataset(self, resolution_px: int) -> str:
+        """The validation dataset evaluated at `resolution_px`.
+
+        In resize mode low-resolution evaluation needs its own down-sampled pipeline; otherwise
+        the full-resolution "val" serves every resolution (the fft mode crops on the worker).
+        """
+        if self.lowpass_mode == "resize" and resolution_px != self.full_resolution_px:
+            return f"val_{resolution_px}px"
+        return "val"
 
     def compute_relative_to_full(self) -> float:
         """Training compute (images x pixels) relative to all epochs at full resolution."""
@@ -79,6 +174,8 @@ class Plan:
                         "global_batch": stage.global_batch,
                         "per_worker_batch": stage.per_worker_batch,
                         "steps": stage.steps_per_epoch,
+                        "randaug_magnitude": stage.randaug_magnitude,
+                        "replay_factor": stage.replay_factor,
                         "lr_start": self.lr_at(epoch, 0),
                         "lr_end": self.lr_at(epoch, stage.steps_per_epoch),
                     }
@@ -86,22 +183,14 @@ class Plan:
         return rows
 
     def to_dict(self) -> dict:
-        return {
-            "stages": [asdict(s) for s in self.stages],
-            "schedule": dict(self.schedule),
-            "num_workers": self.num_workers,
-            "train_samples": self.train_samples,
-            "full_resolution_px": self.full_resolution_px,
-        }
+        data = asdict(self)
+        data["stages"] = [asdict(s) for s in self.stages]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
         return cls(
-            stages=tuple(StagePlan(**s) for s in data["stages"]),
-            schedule=dict(data["schedule"]),
-            num_workers=data["num_workers"],
-            train_samples=data["train_samples"],
-            full_resolution_px=data["full_resolution_px"],
+            **{**data, "stages": tuple(StagePlan(**s) for s in data["stages"])},
         )
 
 
@@ -127,6 +216,8 @@ def make_plan(job: JobConfig, *, train_samples: int) -> Plan:
             f"({train_samples} samples over {workers} workers = {rows_per_worker} each); "
             f"use at most {rows_per_worker * workers}"
         )
+    if job.curriculum is not None:
+        return _curriculum_plan(job, train_samples, baseline_images_per_epoch=steps * batch)
     schedule = job.train.schedule.model_dump()
     if isinstance(job.train.schedule, CosineSchedule):
         schedule["total_epochs"] = job.train.epochs
@@ -146,11 +237,120 @@ def make_plan(job: JobConfig, *, train_samples: int) -> Plan:
         num_workers=workers,
         train_samples=train_samples,
         full_resolution_px=job.data.image_size_px,
+        baseline_epochs=job.train.epochs,
+        baseline_images_per_epoch=steps * batch,
+    )
+
+
+def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_epoch: int):
+    """The EfficientTrain++ plan: `plan_stages` resolved into whole epochs and steps."""
+    curriculum = job.curriculum
+    full_px = job.data.image_size_px
+    workers = job.scaling.num_workers
+    batch = job.train.global_batch_size
+    lr = job.train.optimizer.lr
+    if isinstance(curriculum, EtppCurriculum):
+        resolutions = etpp.etpp_resolutions(curriculum.family, full_px)
+        magnitudes = etpp.etpp_magnitudes(len(resolutions))
+        replay_factors = etpp.etpp_replay_factors(resolutions, full_px)
+        shares, overrides = None, {}
+    else:
+        resolutions = [s.resolution_px for s in curriculum.stages]
+        magnitudes = [s.randaug_magnitude for s in curriculum.stages]
+        replay_factors = [s.replay_factor for s in curriculum.stages]
+        shares = [s.share for s in curriculum.stages]
+        overrides = {
+            i: s.global_batch_size
+            for i, s in enumerate(curriculum.stages)
+            if s.global_batch_size is not None
+        }
+    if not curriculum.randaugment:
+        magnitudes = [0.0] * len(resolutions)
+    max_batch = curriculum.max_global_batch or batch
+    # No cap means the largest LR the square-root rule can produce for these batches.
+    lr_max = curriculum.lr_max or lr * math.sqrt(max([max_batch, *overrides.values()]) / batch)
+    try:
+        stages = etpp.plan_stages(
+            resolutions,
+            full_px=full_px,
+            budget_epochs=curriculum.budget_epochs,
+            magnitudes=magnitudes,
+            replay_factors=replay_factors,
+            batch_full=batch,
+            lr_full=lr,
+            max_batch=max_batch,
+            lr_max=max(lr_max, lr),
+            num_workers=workers,
+            batch_overrides=overrides,
+            compute_shares=shares,
+        )
+    except ValueError as err:
+        raise PlanError(f"curriculum: {err}") from None
+
+    rows_per_worker = train_samples // workers
+    planned = []
+    first_epoch = 0
+    carry_epochs = 0.0  # planned minus spent compute so far, in equivalent full-res epochs
+    for stage in stages:
+        per_worker_batch = stage.batch_size // workers
+        fresh = -(-per_worker_batch // stage.replay_factor)
+        steps = rows_per_worker // fresh
+        if steps == 0:
+            raise PlanError(
+                f"curriculum: stage {stage.index} takes {fresh} fresh samples per worker and "
+                f"step (batch {stage.batch_size}, replay {stage.replay_factor}x), more than "
+                f"the {rows_per_worker} each of {workers} workers holds; lower "
+                "curriculum.max_global_batch or the stage's global_batch_size"
+            )
+        area_ratio = stage.resolution_px**2 / full_px**2
+        wanted_epochs = stage.data_epochs * area_ratio + carry_epochs
+        epoch_cost = stage.replay_factor * area_ratio
+        num_epochs = max(1, round(wanted_epochs / epoch_cost))
+        carry_epochs = wanted_epochs - num_epochs * epoch_cost
+        planned.append(
+            StagePlan(
+                index=stage.index,
+                first_epoch=first_epoch,
+                num_epochs=num_epochs,
+                resolution_px=stage.resolution_px,
+                global_batch=stage.batch_size,
+                per_worker_batch=per_worker_batch,
+                steps_per_epoch=steps,
+                peak_lr=stage.lr,
+                randaug_magnitude=stage.randaug_magnitude,
+                replay_factor=stage.replay_factor,
+                planned_data_epochs=stage.data_epochs,
+                dataset=f"train_s{stage.index}",
+            )
+        )
+        first_epoch += num_epochs
+    total = sum(s.compute_px_images for s in planned)
+    planned = [
+        StagePlan(**{**asdict(s), "compute_share": s.compute_px_images / total}) for s in planned
+    ]
+    schedule = job.train.schedule
+    return Plan(
+        stages=tuple(planned),
+        schedule={
+            "name": "cosine",
+            "total_epochs": 1.0,
+            "warmup_epochs": schedule.warmup_epochs / curriculum.budget_epochs,
+            "final_fraction": schedule.final_fraction,
+        },
+        num_workers=workers,
+        train_samples=train_samples,
+        full_resolution_px=full_px,
+        schedule_progress="compute",
+        lowpass_mode=curriculum.mode,
+        baseline_epochs=job.train.epochs,
+        baseline_images_per_epoch=baseline_images_per_epoch,
     )
 
 
 def format_plan(plan: Plan) -> str:
-    """The plan as a fixed-width table with totals underneath."""
+    """The plan as a fixed-width table with totals underneath (per stage for a curriculum)."""
+    if plan.schedule_progress == "compute":
+        return _format_curriculum_plan(plan)
     header = ("epoch", "stage", "res_px", "batch", "per_worker", "steps", "lr_start", "lr_end")
     lines = ["{:>5} {:>5} {:>6} {:>6} {:>10} {:>6} {:>10} {:>10}".format(*header)]
     for row in plan.epoch_rows():
@@ -165,4 +365,45 @@ def format_plan(plan: Plan) -> str:
         f"compute {plan.compute_relative_to_full():.3f}x of all epochs at "
         f"{plan.full_resolution_px}px"
     )
+    return "\n".join(lines)
+
+
+def _format_curriculum_plan(plan: Plan) -> str:
+    header = (
+        "stage", "res_px", "epochs", "data_ep", "randaug", "R", "batch", "per_worker", "fresh",
+        "steps", "peak_lr", "lr_start", "compute",
+    )  # fmt: skip
+    template = "{:>5} {:>6} {:>6} {:>7} {:>7} {:>3} {:>6} {:>10} {:>5} {:>6} {:>9} {:>9} {:>7}"
+    lines = [template.format(*header)]
+    for stage in plan.stages:
+        lines.append(
+            template.format(
+                stage.index,
+                stage.resolution_px,
+                stage.num_epochs,
+                f"{stage.planned_data_epochs:.2f}",
+                f"{stage.randaug_magnitude:g}",
+                stage.replay_factor,
+                stage.global_batch,
+                stage.per_worker_batch,
+                stage.fresh_per_worker_batch,
+                stage.steps_per_epoch,
+                f"{stage.peak_lr:.4g}",
+                f"{plan.lr_at(stage.first_epoch, 0):.4g}",
+                f"{stage.compute_share:.3f}",
+            )
+        )
+    warmup = plan.schedule["warmup_epochs"]
+    lines += [
+        "epochs: passes over fresh data (each trains ~R x the dataset); data_ep: planned "
+        "trained-sample epochs, budget share x (full/B)^2; fresh: Ray Data samples per worker "
+        "and step",
+        f"low-frequency mode: {plan.lowpass_mode}; LR: warmup for {warmup:.3f} of the compute, "
+        "then cosine, both on the fraction of compute spent",
+        f"total: {plan.total_epochs} epochs, {plan.total_steps} steps, {plan.train_samples} "
+        f"training samples on {plan.num_workers} worker(s); compute "
+        f"{plan.compute_relative_to_baseline():.3f}x of the baseline ({plan.baseline_epochs} "
+        f"epochs at {plan.full_resolution_px}px; planned "
+        f"{plan.planned_compute_relative_to_baseline():.3f}x before rounding epochs)",
+    ]
     return "\n".join(lines)

@@ -4,6 +4,11 @@ The work that scales with images (reading, PNG/JPEG decoding, crop and flip) run
 Data tasks that reserve only CPUs, so on a cluster it lands on CPU nodes; workers receive
 compact uint8 NCHW batches and normalise on their own device.
 
+Order of the CPU work per batch: decode -> random crop -> flip -> RandAugment at the stage's
+magnitude -> optional anti-aliased down-sampling to the stage's resolution (EfficientTrain++
+`resize` mode). Augmenting at full size and shrinking last is the release's order: the
+augmentations see the same pixels whatever the stage, and early stages ship smaller batches.
+
 Bad rows (undecodable bytes, labels out of range) either fail the run with the shard, the
 row and the reason, or, with `on_bad_row="skip"`, are kept in the stream with `bad=1` and
 blank pixels so the worker can drop and count them: every worker still takes the same number
@@ -21,6 +26,8 @@ import pyarrow.fs as pafs
 
 from rayaccel.data.codec import decode_image
 from rayaccel.data.metadata import ShardSetMeta, resolve_path
+from rayaccel.data.randaugment import rand_augment
+from rayaccel.methods.frequency import resize_antialias
 
 BAD_ROW_MARK = "rayaccel bad data row"
 
@@ -39,6 +46,10 @@ class DecodeSpec:
     on_bad_row: str
     random_crop_padding_px: int = 0
     horizontal_flip: bool = False
+    # timm's 0..10 scale; 0 means no RandAugment.
+    randaug_magnitude: float = 0.0
+    # Down-sample to this side after augmenting; None keeps image_size_px.
+    output_size_px: int | None = None
     shard_first_index: tuple[tuple[str, int], ...] = ()
 
 
@@ -51,13 +62,14 @@ def shard_paths(location: str, meta: ShardSetMeta) -> tuple[pafs.FileSystem, lis
 def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.Generator):
     """Decodes and augments one batch of rows; pure apart from `rng`.
 
-    Returns `image` (N, C, H, W) uint8, `label` int64, `index` int64 and `bad` uint8.
+    Returns `image` (N, C, H, W) uint8 (H = W = `output_size_px` when set), `label` int64,
+    `index` int64 and `bad` uint8.
     """
     count = len(batch["index"])
     size = spec.image_size_px
     images = np.zeros((count, size, size, spec.channels), dtype=np.uint8)
     bad = np.zeros(count, dtype=np.uint8)
-    labels = np.asarray(batch["label"], dtype=np.int64)
+    labels = np.array(batch["label"], dtype=np.int64)  # a copy: Ray Data batches are read-only
     indices = np.asarray(batch["index"], dtype=np.int64)
     for row in range(count):
         reason = None
@@ -81,6 +93,10 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
     if spec.horizontal_flip:
         flip = rng.random(count) < 0.5
         images[flip] = images[flip, :, ::-1]
+    if spec.randaug_magnitude:
+        images = rand_augment(images, spec.randaug_magnitude, rng)
+    if spec.output_size_px is not None:
+        images = resize_antialias(images, spec.output_size_px)
     return {
         "image": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
         "label": labels,

@@ -183,11 +183,13 @@ def plan_stages(
     lr_max: float,
     num_workers: int,
     batch_overrides: Mapping[int, int] | None = None,
+    compute_shares: Sequence[float] | None = None,
 ) -> list[Stage]:
     """Resolves a stage list: equal compute per stage, Early Large Batch, square-root LR.
 
     Every stage gets ``budget_epochs / n`` equivalent full-resolution epochs of compute, i.e.
-    ``data_epochs = (budget_epochs / n) * area(full) / area(B)``.
+    ``data_epochs = (budget_epochs / n) * area(full) / area(B)`` (or ``budget_epochs * share``
+    with ``compute_shares``).
 
     Early Large Batch keeps per-step compute constant where memory allows:
     ``batch_B = min(batch_full * area(full) / area(B), max_batch)`` rounded down to a multiple of
@@ -209,6 +211,8 @@ def plan_stages(
         batch_overrides: Optional ``{stage_index: global_batch}``; an override replaces the
             Early-Large-Batch rule for that stage (``max_batch`` is not applied) and must be a
             positive multiple of ``num_workers``. ``None`` means no overrides.
+        compute_shares: Optional relative compute per stage (positive; normalised to sum to 1),
+            for custom schedules. ``None`` means equal shares, the EfficientTrain++ rule.
 
     Returns:
         One ``Stage`` per resolution, in order.
@@ -242,6 +246,17 @@ def plan_stages(
     _check_positive("lr_max", lr_max)
     if lr_max < lr_full:
         raise ValueError(f"lr_max must be >= lr_full ({lr_full}), got {lr_max!r}")
+    if compute_shares is None:
+        compute_shares = [1.0] * n_stages
+    if len(compute_shares) != n_stages:
+        raise ValueError(
+            f"compute_shares must have one entry per stage ({n_stages}), "
+            f"got {len(compute_shares)}: {list(compute_shares)}"
+        )
+    for i, share in enumerate(compute_shares):
+        _check_positive(f"compute_shares[{i}]", share)
+    total_share = sum(compute_shares)
+    shares = [share / total_share for share in compute_shares]
     overrides = dict(batch_overrides or {})
     for stage_index, batch in overrides.items():
         if not (isinstance(stage_index, int) and 0 <= stage_index < n_stages):
@@ -286,8 +301,8 @@ def plan_stages(
                 index=i,
                 resolution_px=resolution,
                 randaug_magnitude=float(magnitudes[i]),
-                compute_share=1 / n_stages,
-                data_epochs=budget_epochs / n_stages * float(area_ratio),
+                compute_share=shares[i],
+                data_epochs=budget_epochs * shares[i] * float(area_ratio),
                 replay_factor=replay_factor,
                 batch_size=batch,
                 lr=min(lr_full * math.sqrt(batch / batch_full), lr_max),

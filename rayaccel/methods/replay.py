@@ -132,6 +132,15 @@ class ReplayBuffer:
         self._next_slot = (self._next_slot + n_samples) % self.capacity_samples
         self._count = min(self._count + n_samples, self.capacity_samples)
 
+    def reseed(self, seed: int) -> None:
+        """Restarts the draw generator from ``seed``, keeping the stored samples.
+
+        Lets a caller make draws a pure function of e.g. ``(seed, rank, epoch)``, so that a run
+        resumed at an epoch boundary replays exactly as the original on every worker without
+        checkpointing each worker's generator.
+        """
+        self._generator.manual_seed(seed)
+
     def sample(self, n_samples: int) -> tuple[Tensor, Tensor, Tensor]:
         """Draws samples uniformly with replacement from what is stored.
 

@@ -23,7 +23,9 @@ class TrainState:
     """The loop's position: the next epoch to train and what was trained so far."""
 
     next_epoch: int = 0
+    # Images trained on (fresh plus replayed) and fresh images delivered by Ray Data.
     images_seen: int = 0
+    fresh_images_seen: int = 0
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -31,12 +33,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def save_checkpoint(directory: str | Path, *, model, optimizer, scaler, state: TrainState) -> None:
+def save_checkpoint(
+    directory: str | Path, *, model, optimizer, scaler, state: TrainState, methods=None
+) -> None:
+    """Writes the checkpoint; `methods` (e.g. the loop's method hooks) adds its state_dict()."""
     payload = {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "train_state": state.__dict__,
+        "methods": methods.state_dict() if methods is not None else {},
         "rng": {
             "python": random.getstate(),
             "numpy": np.random.get_state(),
@@ -47,9 +53,14 @@ def save_checkpoint(directory: str | Path, *, model, optimizer, scaler, state: T
     torch.save(payload, Path(directory) / STATE_FILE)
 
 
-def load_checkpoint(directory: str | Path, *, model, optimizer, scaler, device) -> TrainState:
+def load_checkpoint(
+    directory: str | Path, *, model, optimizer, scaler, device, methods=None
+) -> TrainState:
+    """Restores everything `save_checkpoint` wrote; `methods` gets its saved state back."""
     payload = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=False)
     unwrap(model).load_state_dict(payload["model"])
+    if methods is not None:
+        methods.load_state_dict(payload.get("methods", {}))
     optimizer.load_state_dict(payload["optimizer"])
     scaler.load_state_dict(payload["scaler"])
     rng = payload["rng"]

@@ -1,8 +1,14 @@
-"""The per-worker training loop: restore -> for each epoch -> batches -> step -> report.
+"""The per-worker training loop: restore -> stages -> epochs -> batches -> step -> report.
 
 It executes a `Plan` and plain settings built by the runner; it never reads the job YAML.
 Every rank calls `ray.train.report` once per epoch (a barrier), rank 0 attaches the
 checkpoint, and the metrics it reports are already reduced over all workers.
+
+Each plan stage reads its own Ray Data dataset (`stage.dataset`, e.g. `train_s0`), so a
+curriculum's resolution and RandAugment magnitude change with the stage. Speed-up methods act
+at the named points of `rayaccel.methods.hooks` (replay, low-pass crop, ...); the loop only
+calls them. Optimizer state carries across stages. Evaluation runs at the stage's resolution
+and, after the last epoch, always at full resolution; `val_resolution_px` says which.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from rayaccel.methods.frequency import lowpass_crop
+from rayaccel.methods.hooks import StepBatch, build_hooks
 from rayaccel.models import build_model
 from rayaccel.plan import Plan
 from rayaccel.train.checkpoint import (
@@ -50,6 +58,9 @@ class LoopSettings:
     log_every_steps: int
     has_val: bool
     torch_threads: int
+    # Replay buffer per worker (used by stages with replay factor > 1).
+    replay_capacity_samples: int = 0
+    replay_dtype: str = "uint8"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,29 +90,51 @@ def train_loop_per_worker(config: dict) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
     mean = torch.tensor(settings.mean, device=device).view(1, -1, 1, 1) * 255
     std = torch.tensor(settings.std, device=device).view(1, -1, 1, 1) * 255
+    hooks = build_hooks(
+        lowpass_mode=plan.lowpass_mode,
+        replay_capacity_samples=settings.replay_capacity_samples,
+        replay_dtype=settings.replay_dtype,
+        device=device,
+        seed=settings.seed * 1000 + rank,
+    )
 
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(
-                directory, model=model, optimizer=optimizer, scaler=scaler, device=device
+                directory,
+                model=model,
+                optimizer=optimizer,
+                scaler=scaler,
+                device=device,
+                methods=hooks,
             )
         if rank == 0:
             _say(f"[rayaccel] resumed from checkpoint: next epoch {state.next_epoch}")
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if settings.has_val else None
+    shards: dict = {}  # Ray Data shards by dataset name; each name is fetched once
+
+    def shard(name: str):
+        if name not in shards:
+            shards[name] = ray.train.get_dataset_shard(name)
+        return shards[name]
+
     progress = _Progress(plan, enabled=rank == 0, every_steps=settings.log_every_steps)
-    val_metrics: dict = {}
+    stage_index = None
 
     for epoch in range(state.next_epoch, plan.total_epochs):
         stage = plan.stage_of(epoch)
+        if stage.index != stage_index:
+            stage_index = stage.index
+            hooks.on_stage_start(stage)
+        hooks.on_epoch_start(epoch)
         model.train()
         started_s = time.perf_counter()
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct, count, bad
-        batches = train_shard.iter_torch_batches(
-            batch_size=stage.per_worker_batch, drop_last=True, prefetch_batches=2
+        # loss, correct, trained images, bad rows, fresh images
+        sums = torch.zeros(5, dtype=torch.float64, device=device)
+        batches = shard(stage.dataset).iter_torch_batches(
+            batch_size=stage.fresh_per_worker_batch, drop_last=True, prefetch_batches=2
         )
         for step, batch in enumerate(batches):
             if step >= stage.steps_per_epoch:
@@ -109,21 +142,29 @@ def train_loop_per_worker(config: dict) -> dict:
             lr = plan.lr_at(epoch, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            images, labels, bad_rows = _unpack(batch, device)
-            inputs = (images.float() - mean) / std
+            fresh = _unpack(batch, device)
+            step_batch = hooks.on_batch(fresh)
+            step_batch.images = (step_batch.images.float() - mean) / std
+            step_batch = hooks.on_inputs(step_batch)
+            labels = step_batch.labels
             with torch.autocast(
                 device.type,
                 dtype=_AUTOCAST_DTYPES.get(settings.precision, torch.bfloat16),
                 enabled=settings.precision in _AUTOCAST_DTYPES,
             ):
-                logits = model(inputs)
-                loss = F.cross_entropy(
-                    logits.float(), labels, label_smoothing=settings.label_smoothing
+                logits = model(step_batch.images)
+                losses = F.cross_entropy(
+                    logits.float(),
+                    labels,
+                    label_smoothing=settings.label_smoothing,
+                    reduction="none",
                 )
+                loss = hooks.on_loss(losses, step_batch).mean()
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            hooks.after_step()
             with torch.no_grad():
                 count = labels.numel()
                 sums += torch.stack(
@@ -131,53 +172,75 @@ def train_loop_per_worker(config: dict) -> dict:
                         loss.detach().double() * count,
                         (logits.argmax(1) == labels).sum().double(),
                         torch.tensor(count, dtype=torch.float64, device=device),
-                        torch.tensor(bad_rows, dtype=torch.float64, device=device),
+                        batch["bad"].sum().to(device, torch.float64),
+                        torch.tensor(fresh.labels.numel(), dtype=torch.float64, device=device),
                     ]
                 )
             progress.step(epoch, step, loss, images_in_step=stage.global_batch)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(sums)
         epoch_time_s = time.perf_counter() - started_s
-        loss_sum, correct, count, bad = sums.tolist()
-        state = TrainState(next_epoch=epoch + 1, images_seen=state.images_seen + int(count))
+        loss_sum, correct, count, bad, fresh_count = sums.tolist()
+        state = TrainState(
+            next_epoch=epoch + 1,
+            images_seen=state.images_seen + int(count),
+            fresh_images_seen=state.fresh_images_seen + int(fresh_count),
+        )
 
         last = epoch + 1 == plan.total_epochs
-        if val_shard is not None and (last or (epoch + 1) % settings.eval_every_epochs == 0):
-            val_metrics = evaluate(model, val_shard, mean, std, device, stage.per_worker_batch)
+        val_metrics = {}
+        if settings.has_val and (last or (epoch + 1) % settings.eval_every_epochs == 0):
+            val_px = plan.full_resolution_px if last else stage.resolution_px
+            val_metrics = evaluate(
+                model,
+                shard(plan.val_dataset(val_px)),
+                mean,
+                std,
+                device,
+                stage.per_worker_batch,
+                resolution_px=val_px,
+            )
         metrics = {
             "epoch": epoch,
             "stage": stage.index,
             "resolution_px": stage.resolution_px,
             "global_batch": stage.global_batch,
+            "randaug_magnitude": stage.randaug_magnitude,
+            "replay_factor": stage.replay_factor,
             "lr": plan.lr_at(epoch, stage.steps_per_epoch - 1),
             "train_loss": loss_sum / max(count, 1),
             "train_acc": correct / max(count, 1),
             "train_images": int(count),
+            "fresh_images": int(fresh_count),
             "bad_rows_skipped": int(bad),
             "epoch_time_s": epoch_time_s,
             "images_per_s": count / epoch_time_s,
             "images_seen": state.images_seen,
+            "fresh_images_seen": state.fresh_images_seen,
+            **hooks.on_epoch_end(),
             **({"val_" + k: v for k, v in val_metrics.items()} if val_metrics else {}),
         }
-        val_metrics = {}
-        _report(metrics, state, epoch, last, settings, rank, model, optimizer, scaler)
+        _report(metrics, state, epoch, last, settings, rank, model, optimizer, scaler, hooks)
     return {"next_epoch": state.next_epoch, "images_seen": state.images_seen}
 
 
-def _unpack(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Images, labels and the count of bad rows dropped from this batch."""
+def _unpack(batch: dict, device: torch.device) -> StepBatch:
+    """Images, labels and indices of a Ray Data batch, without its bad rows."""
     images = batch["image"].to(device, non_blocking=True)
     labels = batch["label"].to(device, non_blocking=True)
+    indices = batch["index"].to(device, non_blocking=True)
     bad = batch["bad"].to(device).bool()
-    bad_rows = int(bad.sum())
-    if bad_rows:
-        images, labels = images[~bad], labels[~bad]
-    return images, labels, bad_rows
+    if bad.any():
+        images, labels, indices = images[~bad], labels[~bad], indices[~bad]
+    return StepBatch(images, labels, indices)
 
 
 @torch.no_grad()
-def evaluate(model, shard, mean, std, device, batch_size: int) -> dict:
+def evaluate(model, shard, mean, std, device, batch_size: int, *, resolution_px: int) -> dict:
     """Top-1 accuracy and loss over this worker's part of the validation split, reduced.
+
+    Batches larger than `resolution_px` are low-pass cropped to it (the `fft` mode evaluates
+    low-resolution stages on the full-resolution split).
 
     Runs the bare module: DDP would broadcast buffers on every forward, a collective that
     hangs when workers hold different numbers of validation batches.
@@ -186,18 +249,27 @@ def evaluate(model, shard, mean, std, device, batch_size: int) -> dict:
     net.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
-        images, labels, _ = _unpack(batch, device)
-        logits = net((images.float() - mean) / std).float()
+        step_batch = _unpack(batch, device)
+        images, labels = step_batch.images, step_batch.labels
+        inputs = (images.float() - mean) / std
+        if inputs.shape[-1] != resolution_px:
+            inputs = lowpass_crop(inputs, resolution_px)
+        logits = net(inputs).float()
         sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         sums[1] += (logits.argmax(1) == labels).sum()
         sums[2] += labels.numel()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
     loss_sum, correct, count = sums.tolist()
-    return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "images": int(count)}
+    return {
+        "loss": loss_sum / max(count, 1),
+        "acc": correct / max(count, 1),
+        "images": int(count),
+        "resolution_px": resolution_px,
+    }
 
 
-def _report(metrics, state, epoch, last, settings, rank, model, optimizer, scaler) -> None:
+def _report(metrics, state, epoch, last, settings, rank, model, optimizer, scaler, hooks) -> None:
     due = last or (epoch + 1) % settings.checkpoint_every_epochs == 0
     metrics["checkpointed"] = due
     if not due or rank != 0:
@@ -205,14 +277,25 @@ def _report(metrics, state, epoch, last, settings, rank, model, optimizer, scale
         return
     directory = new_checkpoint_dir()
     try:
-        save_checkpoint(directory, model=model, optimizer=optimizer, scaler=scaler, state=state)
+        save_checkpoint(
+            directory,
+            model=model,
+            optimizer=optimizer,
+            scaler=scaler,
+            state=state,
+            methods=hooks,
+        )
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
 class _Progress:
-    """Rank 0's progress line: epoch, step, loss, images/s and the ETA of the whole plan."""
+    """Rank 0's progress line: epoch, step, loss, images/s and the ETA of the whole plan.
+
+    The ETA extrapolates the compute fraction done per second, so it stays right across
+    stages whose steps differ in resolution and batch size.
+    """
 
     def __init__(self, plan: Plan, *, enabled: bool, every_steps: int):
         self.plan = plan
@@ -220,26 +303,22 @@ class _Progress:
         self.every_steps = every_steps
         self.window_start_s = time.perf_counter()
         self.window_images = 0
+        self.window_fraction: float | None = None
 
     def step(self, epoch: int, step: int, loss: torch.Tensor, *, images_in_step: int) -> None:
         if not self.enabled:
             return
+        if self.window_fraction is None:
+            self.window_fraction = self.plan.compute_fraction_at(epoch, step)
         self.window_images += images_in_step
         stage = self.plan.stage_of(epoch)
         if (step + 1) % self.every_steps and step + 1 != stage.steps_per_epoch:
             return
         elapsed_s = time.perf_counter() - self.window_start_s
         rate = self.window_images / max(elapsed_s, 1e-9)
-        done = (
-            sum(
-                s.steps_per_epoch * min(max(epoch - s.first_epoch, 0), s.num_epochs)
-                for s in self.plan.stages
-            )
-            + step
-            + 1
-        )
-        remaining_images = (self.plan.total_steps - done) * stage.global_batch
-        eta_s = remaining_images / max(rate, 1e-9)
+        fraction = self.plan.compute_fraction_at(epoch, step + 1)
+        fraction_per_s = (fraction - self.window_fraction) / max(elapsed_s, 1e-9)
+        eta_s = (1 - fraction) / max(fraction_per_s, 1e-12)
         _say(
             f"[rayaccel] epoch {epoch + 1}/{self.plan.total_epochs} "
             f"step {step + 1}/{stage.steps_per_epoch} loss {loss.item():.4f} "
@@ -247,6 +326,7 @@ class _Progress:
         )
         self.window_start_s = time.perf_counter()
         self.window_images = 0
+        self.window_fraction = fraction
 
 
 def _say(line: str) -> None:

@@ -6,10 +6,17 @@ callback because Ray Train only keeps metrics that came with a checkpoint), Ray'
 checkpoints and `summary.json`. Running the same job name again continues from the latest
 checkpoint: Ray Train restores a run from its storage folder, and the loop skips the epochs
 the checkpoint already holds.
+
+A curriculum plan gets one training dataset per stage (`train_s0`, `train_s1`, ..., each with
+its stage's RandAugment magnitude and, in `resize` mode, its down-sampling) and, in `resize`
+mode, one validation dataset per low resolution (`val_96px`, ...), all in one `fit()`: a
+worker group restarted by a failure resumes at the right stage because every stage's dataset
+is there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -89,9 +96,14 @@ class MetricsLog(ray.train.UserCallback):
         row["time_unix_s"] = time.time()
         self.rows.append(row)
         self.folder.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
-        val = f" val_acc {row['val_acc']:.4f}" if "val_acc" in row else ""
+        val = (
+            f" val_acc {row['val_acc']:.4f} @{row['val_resolution_px']}px"
+            if "val_acc" in row
+            else ""
+        )
         print(
             f"[rayaccel] epoch {row['epoch'] + 1}/{self.total_epochs} done: "
+            f"{row['resolution_px']}px batch {row['global_batch']} "
             f"train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f}{val} "
             f"{row['images_per_s']:,.0f} img/s {row['epoch_time_s']:.1f}s"
             + (" [checkpoint]" if checkpoint is not None else ""),
@@ -100,18 +112,21 @@ class MetricsLog(ray.train.UserCallback):
 
 
 class _SplitTrainEqually(DataConfig):
-    """Train split equally (same step count on every worker); validation split without
-    dropping the remainder, so every validation image is counted exactly once."""
+    """Training datasets split equally (same step count on every worker); validation
+    datasets (`val`, `val_<B>px`) split without dropping the remainder, so every validation
+    image is counted exactly once."""
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         # Ray Train calls this once per dataset name, with a one-entry dict.
-        others = {name: ds for name, ds in datasets.items() if name != "val"}
+        others = {name: ds for name, ds in datasets.items() if not name.startswith("val")}
         output = super().configure(others, world_size, worker_handles, worker_node_ids, **kwargs)
-        if "val" in datasets:
-            val = datasets["val"].copy(datasets["val"])
-            val.context.execution_options = self._resolve_execution_options("val")
+        for name, dataset in datasets.items():
+            if not name.startswith("val"):
+                continue
+            val = dataset.copy(dataset)
+            val.context.execution_options = self._resolve_execution_options(name)
             for i, split in enumerate(val.streaming_split(world_size, equal=False)):
-                output[i]["val"] = split
+                output[i][name] = split
         return output
 
 
@@ -144,6 +159,8 @@ def build_run(job: JobConfig) -> tuple[Plan, LoopSettings]:
         log_every_steps=job.train.log_every_steps,
         has_val=job.data.val is not None,
         torch_threads=max(1, math.floor(cpus)),
+        replay_capacity_samples=job.curriculum.replay.capacity_samples if job.curriculum else 0,
+        replay_dtype=job.curriculum.replay.dtype if job.curriculum else "uint8",
     )
     return plan, settings
 
@@ -165,7 +182,7 @@ def run_job(job: JobConfig) -> dict:
     # Ray Data's per-operator progress bars interleave with the epoch lines; the loop's own
     # progress line says what a user needs (set before the trainer copies the context).
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = _datasets(job)
+    datasets = _datasets(job, plan)
     scaling = job.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -195,7 +212,8 @@ def run_job(job: JobConfig) -> dict:
     return summary
 
 
-def _datasets(job: JobConfig) -> dict:
+def _datasets(job: JobConfig, plan: Plan) -> dict:
+    """Ray Data pipelines by name: `train` (or `train_s<i>` per stage) and `val[_<B>px]`."""
     data = job.data
     spec = DecodeSpec(
         image_size_px=data.image_size_px,
@@ -209,11 +227,25 @@ def _datasets(job: JobConfig) -> dict:
         "preprocess_cpus": job.scaling.preprocess_cpus,
         "decode_batch_rows": data.decode_batch_rows,
     }
-    datasets = {
-        "train": build_dataset(
-            data.train, read_meta(data.train), spec, shuffle_seed=job.train.seed, **common
+    train_meta = read_meta(data.train)
+    datasets = {}
+    for stage in plan.stages:
+        stage_spec = spec
+        if plan.lowpass_mode is not None:
+            low_res = plan.lowpass_mode == "resize" and stage.resolution_px < data.image_size_px
+            stage_spec = dataclasses.replace(
+                spec,
+                randaug_magnitude=stage.randaug_magnitude,
+                output_size_px=stage.resolution_px if low_res else None,
+            )
+        datasets[stage.dataset] = build_dataset(
+            data.train,
+            train_meta,
+            stage_spec,
+            # Distinct seeds so stages do not repeat each other's epoch orders.
+            shuffle_seed=job.train.seed + stage.index,
+            **common,
         )
-    }
     if data.val is not None:
         plain = DecodeSpec(
             image_size_px=data.image_size_px,
@@ -221,8 +253,19 @@ def _datasets(job: JobConfig) -> dict:
             num_classes=data.num_classes,
             on_bad_row=data.on_bad_row,
         )
-        datasets["val"] = build_dataset(
-            data.val, read_meta(data.val), plain, shuffle_seed=None, **common
+        val_meta = read_meta(data.val)
+        for resolution_px in sorted({s.resolution_px for s in plan.stages}):
+            name = plan.val_dataset(resolution_px)
+            output_size_px = None if resolution_px == data.image_size_px else resolution_px
+            datasets[name] = build_dataset(
+                data.val,
+                val_meta,
+                dataclasses.replace(plain, output_size_px=output_size_px),
+                shuffle_seed=None,
+                **common,
+            )
+        datasets.setdefault(
+            "val", build_dataset(data.val, val_meta, plain, shuffle_seed=None, **common)
         )
     return datasets
 
@@ -238,7 +281,9 @@ def summarize(folder: RunFolder, plan: Plan, *, wall_time_s: float) -> dict:
         "epochs_planned": plan.total_epochs,
         "final_val_acc": final.get("val_acc"),
         "final_val_loss": final.get("val_loss"),
-        "eval_resolution_px": final.get("resolution_px"),
+        # The resolution the final accuracy was measured at (full size after the last epoch).
+        "eval_resolution_px": final.get("val_resolution_px", final.get("resolution_px")),
+        "compute_vs_baseline": plan.compute_relative_to_baseline(),
         "final_train_loss": rows[-1]["train_loss"] if rows else None,
         "images_seen": rows[-1]["images_seen"] if rows else 0,
         "bad_rows_skipped": sum(r.get("bad_rows_skipped", 0) for r in rows),
@@ -248,9 +293,23 @@ def summarize(folder: RunFolder, plan: Plan, *, wall_time_s: float) -> dict:
 
 
 def _root_cause(err: BaseException) -> str:
-    """The most useful line of a failure: a bad data row if there is one, else the error."""
-    text = str(err)
-    for line in text.splitlines():
-        if BAD_ROW_MARK in line:
-            return line[line.index(BAD_ROW_MARK) :].strip()
-    return text.strip().splitlines()[-1] if text.strip() else repr(err)
+    """The most useful line of a failure: a bad data row if there is one, else the error.
+
+    Worker exceptions arrive wrapped (Ray Data task error -> worker error -> group error),
+    and the group error's own text is truncated, so every wrapped exception is searched.
+    """
+    texts = []
+    pending = [err, *getattr(err, "worker_failures", {}).values()]
+    while pending:
+        exc = pending.pop()
+        texts.append(str(exc))
+        pending.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+        pending.extend(getattr(exc, "worker_failures", {}).values())
+    for text in texts:
+        for line in text.splitlines():
+            if BAD_ROW_MARK in line:
+                return line[line.index(BAD_ROW_MARK) :].strip()
+    text = "\n".join(str(e) for e in getattr(err, "worker_failures", {}).values()) or str(err)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line.split(":")[0]]
+    return (errors or lines or [repr(err)])[-1].strip()

@@ -1,0 +1,248 @@
+"""The named points where speed-up methods plug into the training loop.
+
+The loop reads top to bottom and calls, in this order:
+
+    on_stage_start(stage)      a new plan stage begins (also on resume in the middle of one)
+    on_epoch_start(epoch)      before the first batch of an epoch
+    on_batch(batch)            a fresh uint8 batch arrived from Ray Data (replay: uint8 buffer)
+    on_inputs(batch)           after normalisation, float32, before autocast
+                               (low-pass crop, then replay with an fp16 buffer; later mixup)
+    on_loss(losses, batch)     per-sample losses -> per-sample losses to average (InfoBatch)
+    after_step()               after the optimizer step (EMA)
+    on_epoch_end() -> dict     namespaced metrics, e.g. {"replay/buffer_samples": 4096}
+    state_dict() / load_state_dict(state)   checkpointed with the model (rank 0's copy)
+
+A method subclasses `Hook` and overrides only the points it needs; each point passes through
+every hook in the order `build_hooks` gives, which is where ordering rules between methods
+live. Hooks get plain arguments from the runner and never read the job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rayaccel.methods.frequency import lowpass_crop
+from rayaccel.methods.replay import ReplayBuffer
+
+
+@dataclass
+class StepBatch:
+    """What one step trains on: uint8 pixels at `on_batch`, normalised inputs at `on_inputs`."""
+
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
+
+
+class Hook:
+    """A method's view of the loop; every point defaults to doing nothing."""
+
+    def on_stage_start(self, stage: Any) -> None:
+        """`stage` is a `rayaccel.plan.StagePlan` (resolution_px, replay_factor, ...)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def on_batch(self, batch: StepBatch) -> StepBatch:
+        return batch
+
+    def on_inputs(self, batch: StepBatch) -> StepBatch:
+        return batch
+
+    def on_loss(self, losses: Tensor, batch: StepBatch) -> Tensor:
+        return losses
+
+    def after_step(self) -> None:
+        pass
+
+    def on_epoch_end(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class LowPassCropHook(Hook):
+    """EfficientTrain++ `fft` mode: exact FFT low-frequency crop of the inputs to the stage's B.
+
+    Runs on normalised fp32 inputs (`lowpass_crop` disables autocast itself); batches already
+    at B (full-resolution stages) pass through untouched.
+    """
+
+    def __init__(self) -> None:
+        self.size_px: int | None = None
+
+    def on_stage_start(self, stage: Any) -> None:
+        self.size_px = stage.resolution_px
+
+    def on_inputs(self, batch: StepBatch) -> StepBatch:
+        if batch.images.shape[-1] != self.size_px or batch.images.shape[-2] != self.size_px:
+            batch.images = lowpass_crop(batch.images, self.size_px)
+        return batch
+
+
+class ReplayHook(Hook):
+    """EfficientTrain++ replay: each step is one fresh chunk plus samples from a FIFO buffer.
+
+    The buffer lives on this worker's device and is emptied at every stage start (samples of an
+    earlier stage have another resolution and a weaker augmentation). With dtype `uint8` it
+    holds raw pixels at `on_batch`; with `float16` it holds normalised, already low-pass cropped
+    inputs at `on_inputs`, as the release does (no recomputation for replayed samples).
+
+    Draws are reseeded from `(seed, epoch)` at every epoch start: only rank 0 writes
+    checkpoints, so a generator state could not be saved for every worker, but a seed derived
+    from the epoch makes a run resumed at an epoch boundary replay exactly like the original on
+    all workers. The buffer's contents are not checkpointed (they can be gigabytes); a resumed
+    epoch starts with an empty buffer, which `ReplayBuffer.mix` handles.
+
+    Args:
+        capacity_samples: Buffer size in samples.
+        dtype: `torch.uint8` or `torch.float16`.
+        device: The worker's device.
+        seed: Distinct per worker (e.g. `job seed * 1000 + rank`).
+    """
+
+    def __init__(
+        self, *, capacity_samples: int, dtype: torch.dtype, device: torch.device, seed: int
+    ):
+        if dtype not in (torch.uint8, torch.float16):
+            raise ValueError(f"dtype must be torch.uint8 or torch.float16, got {dtype}")
+        self.capacity_samples = capacity_samples
+        self.dtype = dtype
+        self.device = device
+        self.seed = seed
+        self.replay_factor = 1
+        self.batch_size = 0
+        self.epoch = 0
+        self.buffer: ReplayBuffer | None = None
+
+    def on_stage_start(self, stage: Any) -> None:
+        self.replay_factor = stage.replay_factor
+        self.batch_size = stage.per_worker_batch
+        self.buffer = None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.buffer is not None:
+            self.buffer.reseed(self._epoch_seed())
+
+    def on_batch(self, batch: StepBatch) -> StepBatch:
+        return self._mix(batch) if self.dtype == torch.uint8 else batch
+
+    def on_inputs(self, batch: StepBatch) -> StepBatch:
+        return self._mix(batch) if self.dtype == torch.float16 else batch
+
+    def on_epoch_end(self) -> dict[str, float]:
+        return {"replay/buffer_samples": len(self.buffer) if self.buffer is not None else 0}
+
+    def _epoch_seed(self) -> int:
+        return self.seed * 100_003 + self.epoch
+
+    def _mix(self, batch: StepBatch) -> StepBatch:
+        if self.replay_factor == 1 or batch.labels.numel() == 0:
+            return batch
+        sample_shape = tuple(batch.images.shape[1:])
+        if self.buffer is None or self.buffer.sample_shape != sample_shape:
+            self.buffer = ReplayBuffer(
+                self.capacity_samples,
+                sample_shape,
+                dtype=self.dtype,
+                device=self.device,
+                seed=self._epoch_seed(),
+            )
+        images, labels, indices = self.buffer.mix(
+            batch.images,
+            batch.labels,
+            batch.indices,
+            replay_factor=self.replay_factor,
+            batch_size=self.batch_size,
+        )
+        return StepBatch(images, labels, indices)
+
+
+class MethodHooks:
+    """Calls every hook at each point, in order; the loop holds one of these."""
+
+    def __init__(self, hooks: list[Hook]):
+        self.hooks = list(hooks)
+
+    def on_stage_start(self, stage: Any) -> None:
+        for hook in self.hooks:
+            hook.on_stage_start(stage)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        for hook in self.hooks:
+            hook.on_epoch_start(epoch)
+
+    def on_batch(self, batch: StepBatch) -> StepBatch:
+        for hook in self.hooks:
+            batch = hook.on_batch(batch)
+        return batch
+
+    def on_inputs(self, batch: StepBatch) -> StepBatch:
+        for hook in self.hooks:
+            batch = hook.on_inputs(batch)
+        return batch
+
+    def on_loss(self, losses: Tensor, batch: StepBatch) -> Tensor:
+        for hook in self.hooks:
+            losses = hook.on_loss(losses, batch)
+        return losses
+
+    def after_step(self) -> None:
+        for hook in self.hooks:
+            hook.after_step()
+
+    def on_epoch_end(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for hook in self.hooks:
+            metrics.update(hook.on_epoch_end())
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {type(hook).__name__: hook.state_dict() for hook in self.hooks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for hook in self.hooks:
+            hook.load_state_dict(state.get(type(hook).__name__, {}))
+
+
+def build_hooks(
+    *,
+    lowpass_mode: str | None,
+    replay_capacity_samples: int,
+    replay_dtype: str,
+    device: torch.device,
+    seed: int,
+) -> MethodHooks:
+    """The hooks of a run, in the order their rules require.
+
+    Rule: the low-pass crop runs before replay, so an fp16 buffer stores cropped inputs and a
+    uint8 buffer's replayed pixels are cropped together with the fresh ones.
+
+    Args:
+        lowpass_mode: "fft" adds the on-device FFT crop; "resize" (done by Ray Data) and None
+            add nothing here.
+        replay_capacity_samples: Replay buffer size in samples; 0 disables replay.
+        replay_dtype: "uint8" or "fp16".
+        device: The worker's device.
+        seed: Per-worker seed of the replay draws.
+    """
+    hooks: list[Hook] = []
+    if lowpass_mode == "fft":
+        hooks.append(LowPassCropHook())
+    if replay_capacity_samples > 0:
+        dtype = {"uint8": torch.uint8, "fp16": torch.float16}[replay_dtype]
+        hooks.append(
+            ReplayHook(
+                capacity_samples=replay_capacity_samples, dtype=dtype, device=device, seed=seed
+            )
+        )
+    return MethodHooks(hooks)

@@ -1,0 +1,397 @@
+"""Tests for rayaccel.config: every kind of bad job gives one readable line naming its YAML path.
+
+The expected lines are written out in full on purpose: they are the user interface of a bad job.
+"""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rayaccel.config import (
+    AugmentConfig,
+    ConfigError,
+    JobConfig,
+    TrainConfig,
+    apply_overrides,
+    dump_job,
+    load_job,
+    parse_job,
+    resolve_data,
+)
+
+FIXTURE = Path(__file__).resolve().parents[1] / "data" / "fixture" / "fashion-mnist"
+FIXTURE_META = json.loads((FIXTURE / "train" / "metadata.json").read_text())
+
+# The structure of jobs/quickstart.yaml, with absolute data paths so tests run from any folder.
+BASE_JOB = {
+    "data": {
+        "source": "parquet",
+        "train": str(FIXTURE / "train"),
+        "val": str(FIXTURE / "test"),
+        "augment": {"random_crop_padding_px": 2, "horizontal_flip": True},
+    },
+    "model": {"name": "resnet9", "width_multiplier": 0.25},
+    "train": {
+        "epochs": 8,
+        "global_batch_size": 128,
+        "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True},
+        "schedule": {"name": "cosine", "warmup_epochs": 1},
+        "label_smoothing": 0.1,
+        "precision": "fp32",
+        "seed": 0,
+    },
+    "scaling": {
+        "num_workers": 2,
+        "use_gpu": False,
+        "resources_per_worker": {"CPU": 0.5},
+        "preprocess_cpus": 0.5,
+    },
+    "run": {"name": "test-job", "storage_path": "runs", "keep_checkpoints": 2},
+}
+
+DELETE = object()
+
+# The "allowed:" hint lists a section's fields in schema order; taken from the schema so the
+# expected lines stay exact while sections gain fields.
+TOP_KEYS = ", ".join(JobConfig.model_fields)
+TRAIN_KEYS = ", ".join(TrainConfig.model_fields)
+AUGMENT_KEYS = ", ".join(AugmentConfig.model_fields)
+
+
+def _job_with(changes: dict) -> dict:
+    """BASE_JOB with `{"dotted.path": value}` changes applied; DELETE removes the key."""
+    raw = copy.deepcopy(BASE_JOB)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return raw
+
+
+def _write(tmp_path: Path, raw: dict, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _problems(path: Path, overrides=(), *, check_paths: bool = False) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_job(path, list(overrides), check_paths=check_paths)
+    assert str(caught.value) == "\n".join(caught.value.problems)
+    return caught.value.problems
+
+
+BAD_JOBS = {
+    "unknown top-level key": (
+        {"optimizer": {"lr": 0.1}},
+        f"optimizer: unknown key; allowed: {TOP_KEYS}",
+    ),
+    "unknown key in a section": (
+        {"train.epoch": 3},
+        f"train.epoch: unknown key; allowed: {TRAIN_KEYS}",
+    ),
+    "unknown key in a nested section": (
+        {"data.augment.rotate_deg": 15},
+        f"data.augment.rotate_deg: unknown key; allowed: {AUGMENT_KEYS}",
+    ),
+    "missing key": ({"train.optimizer.lr": DELETE}, "train.optimizer.lr: required, but missing"),
+    "missing section": ({"run": DELETE}, "run: required, but missing"),
+    "string for int": ({"train.epochs": "three"}, "train.epochs: must be an integer, got 'three'"),
+    "fraction for int": ({"train.epochs": 2.5}, "train.epochs: must be an integer, got 2.5"),
+    "string for number": (
+        {"train.optimizer.lr": "fast"},
+        "train.optimizer.lr: must be a number, got 'fast'",
+    ),
+    "string for bool": (
+        {"scaling.use_gpu": "maybe"},
+        "scaling.use_gpu: must be true or false, got 'maybe'",
+    ),
+    "mapping for list": (
+        {"data.mean": {"grey": 0.5}},
+        "data.mean: must be a list, got {'grey': 0.5}",
+    ),
+    "string for section": ({"model": "resnet9"}, "model: must be a mapping of keys, got 'resnet9'"),
+    "negative lr": ({"train.optimizer.lr": -1}, "train.optimizer.lr: must be > 0, got -1"),
+    "zero epochs": ({"train.epochs": 0}, "train.epochs: must be > 0, got 0"),
+    "label_smoothing 1": (
+        {"train.label_smoothing": 1},
+        "train.label_smoothing: must be < 1, got 1",
+    ),
+    "negative label_smoothing": (
+        {"train.label_smoothing": -0.1},
+        "train.label_smoothing: must be >= 0, got -0.1",
+    ),
+    "momentum 1": ({"train.optimizer.momentum": 1}, "train.optimizer.momentum: must be < 1, got 1"),
+    "zero workers": ({"scaling.num_workers": 0}, "scaling.num_workers: must be >= 1, got 0"),
+    "negative std": ({"data.std": [-1]}, "data.std: every std must be > 0, got [-1.0]"),
+    "bad precision": (
+        {"train.precision": "fp8"},
+        "train.precision: must be 'fp32', 'bf16' or 'fp16', got 'fp8'",
+    ),
+    "bad on_bad_row": (
+        {"data.on_bad_row": "ignore"},
+        "data.on_bad_row: must be 'fail' or 'skip', got 'ignore'",
+    ),
+    "bad optimizer name": (
+        {"train.optimizer.name": "adam"},
+        "train.optimizer.name: must be 'sgd' or 'adamw', got 'adam'",
+    ),
+    "bad run name": (
+        {"run.name": "my run/1"},
+        "run.name: must use only letters, digits, '.', '_' and '-', got 'my run/1'",
+    ),
+    "reserved timm kwargs": (
+        {"model": {"name": "resnet18", "kwargs": {"num_classes": 3, "drop_rate": 0.1}}},
+        "model.kwargs: ['num_classes'] are set by rayaccel (num_classes and in_chans come from "
+        "data; pretrained weights cannot be downloaded at run time); remove them",
+    ),
+    "piecewise points not increasing": (
+        {"train.schedule": {"name": "piecewise", "points": [[0, 0], [5, 1], [3, 0]]}},
+        "train.schedule.points: epochs must be strictly increasing, got [0.0, 5.0, 3.0]",
+    ),
+    "piecewise points with a repeated epoch": (
+        {"train.schedule": {"name": "piecewise", "points": [[0, 0], [4, 1], [4, 0.5], [8, 0]]}},
+        "train.schedule.points: epochs must be strictly increasing, got [0.0, 4.0, 4.0, 8.0]",
+    ),
+    "piecewise multiplier above 1": (
+        {"train.schedule": {"name": "piecewise", "points": [[0, 0], [4, 2], [8, 0]]}},
+        "train.schedule.points: multipliers must be in [0, 1] (they scale train.optimizer.lr), "
+        "got [0.0, 2.0, 0.0]",
+    ),
+    "unknown schedule name": (
+        {"train.schedule": {"name": "linear"}},
+        "train.schedule.name: must be 'cosine' or 'piecewise', got 'linear'",
+    ),
+    "warmup as long as training": (
+        {"train.schedule.warmup_epochs": 8},
+        "train.schedule.warmup_epochs: must be < train.epochs=8, got 8",
+    ),
+    "piecewise points a mapping": (
+        {"train.schedule": {"name": "piecewise", "points": {"0": 1}}},
+        "train.schedule.points: must be a list, got {'0': 1}",
+    ),
+    "global batch below worker count": (
+        {"train.global_batch_size": 1},
+        "train.global_batch_size: must be >= scaling.num_workers=2, got 1",
+    ),
+    "global batch not a multiple of workers": (
+        {"train.global_batch_size": 129},
+        "train.global_batch_size: must be a multiple of scaling.num_workers=2, got 129 (try 128)",
+    ),
+    "warmup longer than training": (
+        {"train.schedule.warmup_epochs": 9.5},
+        "train.schedule.warmup_epochs: must be < train.epochs=8, got 9.5",
+    ),
+    "fp16 without GPU": (
+        {"train.precision": "fp16"},
+        "train.precision: fp16 needs scaling.use_gpu: true (use bf16 or fp32 on CPU)",
+    ),
+    "GPU worker without a GPU": (
+        {"scaling.use_gpu": True, "scaling.resources_per_worker": {"CPU": 1, "GPU": 0}},
+        "scaling.resources_per_worker.GPU: must be > 0 when use_gpu is true",
+    ),
+    "mean length differs from channels": (
+        {"data.channels": 3, "data.mean": [0.5, 0.5, 0.5], "data.std": [0.25]},
+        "data.std: needs one value per channel (3), got 1",
+    ),
+}
+
+
+@pytest.mark.parametrize(("changes", "expected"), BAD_JOBS.values(), ids=BAD_JOBS.keys())
+def test_bad_job_gives_one_readable_line(tmp_path, changes, expected):
+    path = _write(tmp_path, _job_with(changes))
+    assert _problems(path) == [f"{path}: {expected}"]
+
+
+def test_base_job_is_valid(tmp_path):
+    job = load_job(_write(tmp_path, BASE_JOB), check_paths=False)
+    assert job.train.epochs == 8
+    assert job.model.name == "resnet9"
+
+
+def test_several_problems_are_all_reported_one_line_each(tmp_path):
+    path = _write(
+        tmp_path,
+        _job_with(
+            {
+                "train.optimizer.lr": -1,
+                "train.precision": "fp8",
+                "run.name": "a b",
+                "colour": "red",
+            }
+        ),
+    )
+    assert _problems(path) == [
+        f"{path}: train.optimizer.lr: must be > 0, got -1",
+        f"{path}: train.precision: must be 'fp32', 'bf16' or 'fp16', got 'fp8'",
+        f"{path}: run.name: must use only letters, digits, '.', '_' and '-', got 'a b'",
+        f"{path}: colour: unknown key; allowed: {TOP_KEYS}",
+    ]
+
+
+def test_several_cross_field_problems_are_all_reported(tmp_path):
+    changes = {"train.global_batch_size": 129, "train.precision": "fp16"}
+    path = _write(tmp_path, _job_with(changes))
+    assert _problems(path) == [
+        f"{path}: train.global_batch_size: must be a multiple of scaling.num_workers=2, "
+        "got 129 (try 128)",
+        f"{path}: train.precision: fp16 needs scaling.use_gpu: true (use bf16 or fp32 on CPU)",
+    ]
+
+
+def test_empty_job_lists_every_missing_section(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n")
+    assert _problems(path) == [
+        f"{path}: {section}: required, but missing" for section in ("data", "model", "train", "run")
+    ]
+
+
+# ---------------------------------------------------------------- the file itself
+def test_invalid_yaml_names_file_line_and_column(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("data:\n  train: [a\nmodel: {}\n")
+    assert _problems(path) == [f"{path}:3:6: invalid YAML: expected ',' or ']', but got ':'"]
+
+
+def test_missing_job_file(tmp_path):
+    path = tmp_path / "no-such-job.yaml"
+    assert _problems(path) == [f"{path}: no such job file"]
+
+
+def test_job_must_be_a_mapping(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("- data\n- model\n")
+    assert _problems(path) == [f"{path}: the job must be a mapping of sections, got list"]
+
+
+def test_missing_data_folder_names_field_path_and_prepare(tmp_path):
+    missing = tmp_path / "not-prepared" / "train"
+    path = _write(tmp_path, _job_with({"data.train": str(missing)}))
+    (line,) = _problems(path, check_paths=True)
+    assert line == (
+        f"{path}: data.train: {missing}/metadata.json not found; "
+        "expected a split folder written by `rayaccel data prepare`"
+    )
+
+
+def test_missing_data_folder_is_not_checked_without_check_paths(tmp_path):
+    missing = tmp_path / "elsewhere" / "train"
+    path = _write(tmp_path, _job_with({"data.train": str(missing), "data.val": DELETE}))
+    assert load_job(path, check_paths=False).data.train == str(missing)
+
+
+# ---------------------------------------------------------------- overrides
+def test_override_changes_a_value(tmp_path):
+    job = load_job(_write(tmp_path, BASE_JOB), ["train.epochs=3"], check_paths=False)
+    assert job.train.epochs == 3
+
+
+def test_override_values_are_parsed_as_yaml():
+    raw = apply_overrides(
+        {"scaling": {"num_workers": 1}},
+        ["scaling.num_workers=2", "scaling.use_gpu=true", "data.mean=[0.5, 0.25]"],
+    )
+    assert raw == {"scaling": {"num_workers": 2, "use_gpu": True}, "data": {"mean": [0.5, 0.25]}}
+    assert type(raw["scaling"]["num_workers"]) is int
+
+
+def test_override_of_nested_section(tmp_path):
+    job = load_job(
+        _write(tmp_path, BASE_JOB),
+        ["train.optimizer.name=adamw", "train.schedule.warmup_epochs=2"],
+        check_paths=False,
+    )
+    assert job.train.optimizer.name == "adamw"
+    assert job.train.schedule.warmup_epochs == 2
+
+
+def test_malformed_overrides_are_all_reported(tmp_path):
+    path = _write(tmp_path, BASE_JOB)
+    assert _problems(path, ["trainepochs3", "=3", "epochs=3", "train.epochs.max=3"]) == [
+        "override 'trainepochs3': expected section.key=value, e.g. train.epochs=3",
+        "override '=3': expected section.key=value, e.g. train.epochs=3",
+        "override 'epochs=3': expected section.key=value, e.g. train.epochs=3",
+        "override 'train.epochs.max=3': epochs is not a section",
+    ]
+
+
+def test_override_creating_a_key_is_an_unknown_key(tmp_path):
+    path = _write(tmp_path, BASE_JOB)
+    assert _problems(path, ["train.epoch=3"]) == [
+        f"{path}: train.epoch: unknown key; allowed: {TRAIN_KEYS}"
+    ]
+    assert _problems(path, ["optimiser.lr=0.1"]) == [
+        f"{path}: optimiser: unknown key; allowed: {TOP_KEYS}"
+    ]
+
+
+def test_override_with_a_bad_value_names_the_field(tmp_path):
+    path = _write(tmp_path, BASE_JOB)
+    assert _problems(path, ["train.optimizer.lr=-0.5"]) == [
+        f"{path}: train.optimizer.lr: must be > 0, got -0.5"
+    ]
+
+
+# ---------------------------------------------------------------- data resolution
+def test_resolve_data_fills_fields_from_metadata(tmp_path):
+    job = load_job(_write(tmp_path, BASE_JOB), check_paths=False)
+    assert job.data.image_size_px is None and job.data.mean is None
+
+    data = resolve_data(job).data
+    assert data.image_size_px == FIXTURE_META["image_size"][0] == 28
+    assert data.channels == FIXTURE_META["channels"] == 1
+    assert data.num_classes == FIXTURE_META["num_classes"] == 10
+    assert data.mean == FIXTURE_META["mean"]
+    assert data.std == FIXTURE_META["std"]
+    assert load_job(_write(tmp_path, BASE_JOB), check_paths=True).data == data
+
+
+def test_resolve_data_keeps_values_the_job_set(tmp_path):
+    changes = {"data.image_size_px": 32, "data.num_classes": 12, "data.mean": [0.5]}
+    job = load_job(_write(tmp_path, _job_with(changes)), check_paths=True)
+    assert job.data.image_size_px == 32
+    assert job.data.num_classes == 12
+    assert job.data.mean == [0.5]
+    assert job.data.std == FIXTURE_META["std"]
+    assert job.data.channels == 1
+
+
+def test_resolve_data_rejects_fewer_classes_than_the_val_split(tmp_path):
+    path = _write(tmp_path, _job_with({"data.num_classes": 5}))
+    assert _problems(path, check_paths=True) == [
+        f"{path}: data.val: has 10 classes but training uses 5"
+    ]
+
+
+# ---------------------------------------------------------------- dump
+@pytest.mark.parametrize("resolved", [False, True], ids=["as-written", "resolved"])
+def test_dump_job_reparses_to_an_equal_job(tmp_path, resolved):
+    job = load_job(_write(tmp_path, BASE_JOB), check_paths=resolved)
+    again = parse_job(yaml.safe_load(dump_job(job)))
+    assert isinstance(again, JobConfig)
+    assert again == job
+
+
+def test_dump_job_round_trips_timm_and_piecewise(tmp_path):
+    changes = {
+        "model": {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 28, "patch_size": 4}},
+        "train.schedule": {"name": "piecewise", "points": [[0, 0.1], [2, 1], [8, 0]]},
+        "train.optimizer.name": "adamw",
+    }
+    job = load_job(_write(tmp_path, _job_with(changes)), check_paths=False)
+    assert parse_job(yaml.safe_load(dump_job(job))) == job
+
+
+def test_unknown_key_hints_list_the_core_keys():
+    assert TOP_KEYS.startswith("data, model, train, scaling, run")
+    assert TRAIN_KEYS.startswith("epochs, global_batch_size, optimizer, schedule")
+    assert AUGMENT_KEYS == "random_crop_padding_px, horizontal_flip"

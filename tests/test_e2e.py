@@ -1,0 +1,204 @@
+"""End to end through real Ray Data and Ray Train on the bundled Fashion-MNIST fixture.
+
+Each test runs `rayaccel` as a user would: the CLI in-process, or as a subprocess that is
+killed half-way and run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
+
+from rayaccel.cli import main
+from rayaccel.data.metadata import ShardInfo, ShardSetMeta, read_meta, write_meta
+
+pytestmark = pytest.mark.ray
+
+QUICKSTART = str(REPO_ROOT / "jobs" / "quickstart.yaml")
+
+
+def _fixture_overrides(storage: Path, name: str) -> list[str]:
+    return [
+        f"data.train={FIXTURE_TRAIN}",
+        f"data.val={FIXTURE_TEST}",
+        f"run.storage_path={storage}",
+        f"run.name={name}",
+    ]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_worker_run_writes_a_complete_run_folder(ray_session, tmp_path, capsys):
+    overrides = _fixture_overrides(tmp_path, "e2e") + ["train.epochs=2"]
+    assert main(["run", QUICKSTART, *overrides]) == 0
+    out = capsys.readouterr().out
+
+    run_dir = tmp_path / "e2e"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2
+    assert summary["final_val_acc"] > 0.6, summary  # ~0.8 after two epochs
+    assert summary["eval_resolution_px"] == 28
+    assert f"results in {run_dir}" in out
+
+    rows = _metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for row in rows:
+        # 4,000 rows over 2 workers, 64 per worker per step, last partial batch dropped.
+        assert row["train_images"] == 31 * 128
+        assert row["val_images"] == 1000  # the validation split is not truncated
+        assert row["images_per_s"] > 0 and row["epoch_time_s"] > 0
+        assert row["global_batch"] == 128 and row["resolution_px"] == 28
+    assert rows[0]["train_loss"] > rows[1]["train_loss"]
+    assert (run_dir / "job.yaml").read_text().startswith("data:")
+    assert json.loads((run_dir / "plan.json").read_text())["stages"][0]["steps_per_epoch"] == 31
+    checkpoints = [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]
+    assert len(checkpoints) == 2  # keep_checkpoints: 2
+
+
+def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_session, tmp_path):
+    """The full quickstart, killed after its second checkpoint and run again."""
+    run_dir = tmp_path / "quickstart"
+    command = [
+        sys.executable,
+        "-m",
+        "rayaccel",
+        "run",
+        QUICKSTART,
+        *_fixture_overrides(tmp_path, "quickstart"),
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray_session}
+    first = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and first.poll() is None:
+            metrics_file = run_dir / "metrics.jsonl"
+            if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, first.stdout.read()
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    interrupted_rows = _metrics(run_dir)
+    assert 2 <= len(interrupted_rows) < 8
+
+    second = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    resumed_at = int(log.split("resumed from checkpoint: next epoch ")[1].split()[0])
+    assert resumed_at >= 2
+    trained_again = [
+        int(line.split("epoch ")[1].split("/")[0])
+        for line in log.splitlines()
+        if "] epoch " in line and " done:" in line
+    ]
+    assert trained_again == list(range(resumed_at + 1, 9))
+
+    rows = _metrics(run_dir)
+    assert [r["epoch"] for r in rows] == list(range(8))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_completed"] == 8
+    assert summary["images_seen"] == 8 * 31 * 128
+    assert summary["final_val_acc"] >= 0.80, summary
+
+
+def _corrupt_copy(tmp_path: Path, rows: int = 512) -> Path:
+    """The first `rows` fixture images with one undecodable image (row 5) and one label
+    out of range (row 9)."""
+    meta = read_meta(FIXTURE_TRAIN)
+    table = pq.read_table(FIXTURE_TRAIN / meta.shards[0].file).slice(0, rows)
+    images = table.column("image").to_pylist()
+    labels = table.column("label").to_pylist()
+    images[5] = b"\x89PNG\r\n\x1a\n this is not an image"
+    labels[9] = 10
+    table = table.set_column(
+        table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())
+    )
+    table = table.set_column(
+        table.schema.get_field_index("label"), "label", pa.array(labels, pa.int64())
+    )
+    out = tmp_path / "corrupt" / "train"
+    out.mkdir(parents=True)
+    pq.write_table(table, out / "part-00000.parquet")
+    counts = [labels.count(k) for k in range(10)]
+    counts[0] += rows - sum(counts)
+    write_meta(
+        ShardSetMeta(
+            name="fashion-mnist-corrupt",
+            split="train",
+            classes=meta.classes,
+            num_classes=10,
+            count=rows,
+            class_counts=counts,
+            image_size=meta.image_size,
+            channels=1,
+            encoding="png",
+            mean=meta.mean,
+            std=meta.std,
+            shards=[ShardInfo(file="part-00000.parquet", first_index=0, count=rows)],
+        ),
+        out,
+    )
+    return out
+
+
+def test_corrupt_row_fails_with_shard_row_and_reason(ray_session, tmp_path, capsys):
+    train = _corrupt_copy(tmp_path)
+    overrides = [
+        f"data.train={train}",
+        f"data.val={FIXTURE_TEST}",
+        "train.epochs=1",
+        "train.global_batch_size=64",
+        f"run.storage_path={tmp_path}",
+        "run.name=bad",
+    ]
+    assert main(["run", QUICKSTART, *overrides]) == 1
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("rayaccel: run failed:")][0]
+    assert str(train / "part-00000.parquet") in line
+    assert (
+        "row 5 (index 5): not a decodable image" in line
+        or "row 9 (index 9): label 10 is outside 0..9" in line
+    ), line
+
+
+def test_corrupt_rows_are_skipped_and_counted(ray_session, tmp_path):
+    train = _corrupt_copy(tmp_path)
+    overrides = [
+        f"data.train={train}",
+        f"data.val={FIXTURE_TEST}",
+        "train.epochs=2",
+        "train.global_batch_size=64",
+        "data.on_bad_row=skip",
+        f"run.storage_path={tmp_path}",
+        "run.name=skip",
+    ]
+    assert main(["run", QUICKSTART, *overrides]) == 0
+    rows = _metrics(tmp_path / "skip")
+    # 512 rows split evenly over 2 workers in whole batches: every row is seen each epoch.
+    assert [r["bad_rows_skipped"] for r in rows] == [2, 2]
+    assert [r["train_images"] for r in rows] == [510, 510]
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert summary["bad_rows_skipped"] == 4

@@ -1,0 +1,289 @@
+"""Submitting jobs to a real Ray head started with `ray start --head`, as on a cluster.
+
+The head runs in its own temporary directory, on free ports, with `RAY_AUTH_MODE=disabled`
+(a `~/.ray/auth_token` left by an earlier `ray.init()` would otherwise switch it to token
+mode). It is stopped by killing exactly the processes it started: `ray stop` would kill every
+Ray process on the machine, including other test sessions'.
+
+The job's driver runs `rayaccel` from the head's PATH, so the head is started with this
+interpreter's bin directory first on PATH; rayaccel is installed there in editable mode.
+Real clusters install it through an image or setup_commands (cluster/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rayaccel.submit import add_submit_arguments, run_submit, submit_job
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN_DIR = Path(sys.executable).parent
+RAY_CLI = str(BIN_DIR / "ray")
+HEAD_START_TIMEOUT_S = 90
+JOB_TIMEOUT_S = 240
+KILL_GRACE_S = 3.0
+# The quickstart warms up for one epoch, which a one-epoch run does not allow.
+ONE_EPOCH = ["train.epochs=1", "train.schedule.warmup_epochs=0"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def head_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        env.pop(name, None)
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) for every process, read from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        table[int(entry)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def head_processes(group: int) -> set[int]:
+    """The head's process group plus all descendants: Ray workers (and the job drivers
+    they spawn) run in process groups of their own, under the raylet."""
+    table = process_table()
+    found = {pid for pid, (_, pgid) in table.items() if pgid == group}
+    while True:
+        children = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
+        if not children:
+            return found
+        found |= children
+
+
+def is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop_head(group: int) -> None:
+    pids = head_processes(group)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + KILL_GRACE_S
+        while time.monotonic() < deadline and any(is_running(p) for p in pids):
+            time.sleep(0.1)
+
+
+def wait_for_head(process: subprocess.Popen, dashboard_url: str, agent_port: int, log: Path):
+    """Waits for the job server and the node's dashboard agent (jobs run through it)."""
+    deadline = time.monotonic() + HEAD_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"ray start --head exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            urllib.request.urlopen(f"{dashboard_url}/api/version", timeout=1).read()
+            socket.create_connection(("127.0.0.1", agent_port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"Ray head not ready after {HEAD_START_TIMEOUT_S} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A head with 2 CPUs in a temporary directory; yields (dashboard URL, temp dir)."""
+    # Short path: Ray's unix socket paths live under it and must stay below 108 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayaccel-head-"))
+    dashboard_port, agent_port = free_port(), free_port()
+    log = temp_dir / "ray-start.log"
+    command = [
+        RAY_CLI,
+        "start",
+        "--head",
+        "--block",
+        f"--port={free_port()}",
+        "--num-cpus",
+        "2",
+        "--include-dashboard",
+        "true",
+        "--dashboard-port",
+        str(dashboard_port),
+        # Defaults are fixed ports that another local Ray instance may already hold.
+        "--dashboard-agent-listen-port",
+        str(agent_port),
+        "--ray-client-server-port",
+        str(free_port()),
+        "--metrics-export-port",
+        str(free_port()),
+        "--temp-dir",
+        str(temp_dir / "ray"),
+    ]
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            command, env=head_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        wait_for_head(process, dashboard_url, agent_port, log)
+        yield dashboard_url, temp_dir
+    finally:
+        stop_head(process.pid)
+        process.wait(timeout=10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def read_run_folder(folder: Path) -> tuple[dict, list[str]]:
+    summary = json.loads((folder / "summary.json").read_text())
+    metrics = (folder / "metrics.jsonl").read_text().splitlines()
+    return summary, metrics
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(HEAD_START_TIMEOUT_S + JOB_TIMEOUT_S + 60)
+def test_ray_job_submit_runs_the_quickstart(ray_head):
+    dashboard_url, temp_dir = ray_head
+    runs = temp_dir / "runs"
+    submission_id = f"rayaccel-cli-{int(time.time())}"
+    result = subprocess.run(
+        [
+            RAY_CLI,
+            "job",
+            "submit",
+            "--address",
+            dashboard_url,
+            "--submission-id",
+            submission_id,
+            "--working-dir",
+            str(REPO_ROOT),
+            "--",
+            "rayaccel",
+            "run",
+            "jobs/quickstart.yaml",
+            *ONE_EPOCH,
+            f"run.storage_path={runs}",
+            "run.name=submitted",
+        ],
+        env=head_env(),
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert f"Job '{submission_id}' succeeded" in output, output
+
+    status = subprocess.run(
+        [RAY_CLI, "job", "status", "--address", dashboard_url, submission_id],
+        env=head_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "SUCCEEDED" in status.stdout + status.stderr
+    summary, metrics = read_run_folder(runs / "submitted")
+    assert summary["epochs_completed"] == 1
+    assert len(metrics) == 1
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(HEAD_START_TIMEOUT_S + JOB_TIMEOUT_S + 60)
+def test_submit_job_streams_logs_and_returns_the_status(ray_head):
+    dashboard_url, temp_dir = ray_head
+    runs = temp_dir / "runs"
+    lines: list[str] = []
+    status = submit_job(
+        REPO_ROOT / "jobs" / "quickstart.yaml",
+        address=dashboard_url,
+        overrides=ONE_EPOCH + [f"run.storage_path={runs}", "run.name=api"],
+        working_dir=REPO_ROOT,
+        stream=lines.append,
+    )
+    log = "\n".join(lines)
+    assert status == "SUCCEEDED", log
+    assert "[rayaccel] epoch 1/1 done" in log
+    assert "SUCCEEDED" in lines[-1]
+    summary, metrics = read_run_folder(runs / "api")
+    assert summary["epochs_completed"] == 1
+    assert len(metrics) == 1
+
+
+def parse_submit(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rayaccel submit")
+    add_submit_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_submit_rejects_a_bad_override_before_contacting_the_cluster(capsys):
+    # Nothing listens on the address: the job must fail validation first.
+    args = parse_submit(
+        [
+            str(REPO_ROOT / "jobs" / "quickstart.yaml"),
+            "train.epochs=-1",
+            "--address",
+            f"http://127.0.0.1:{free_port()}",
+            "--working-dir",
+            str(REPO_ROOT),
+        ]
+    )
+    assert run_submit(args) == 2
+    err = capsys.readouterr().err
+    assert "train.epochs" in err
+    assert "Traceback" not in err
+
+
+def test_submit_reports_an_unreachable_address(capsys):
+    args = parse_submit(
+        [
+            str(REPO_ROOT / "jobs" / "quickstart.yaml"),
+            "--address",
+            f"http://127.0.0.1:{free_port()}",
+            "--working-dir",
+            str(REPO_ROOT),
+        ]
+    )
+    assert run_submit(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach a Ray job server" in err
+    assert "Traceback" not in err
+
+
+def test_submit_requires_the_job_inside_the_working_dir(capsys, tmp_path):
+    args = parse_submit(
+        [
+            str(REPO_ROOT / "jobs" / "quickstart.yaml"),
+            "--address",
+            "http://127.0.0.1:1",
+            "--working-dir",
+            str(tmp_path),
+        ]
+    )
+    assert run_submit(args) == 2
+    assert "must be inside the uploaded working directory" in capsys.readouterr().err
