@@ -1,4 +1,4 @@
-"""`rayaccel` command line: validate, plan, run and data prepare.
+"""`rayaccel` command line: validate, plan, run, submit and data prepare.
 
 Bad input exits with status 2 and one line per problem, never a traceback; a failed
 training run exits with status 1 and its root cause.
@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from rayaccel.config import ConfigError, dump_job, load_job
 
 EXIT_BAD_INPUT = 2
+_OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=.*")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Overrides may follow options (`submit JOB --address URL train.epochs=3`), which
+    # argparse cannot collect into a positional list, so they are taken out first.
+    overrides = [a for a in argv[1:] if _OVERRIDE.fullmatch(a)]
+    args = parser.parse_args([a for a in argv if a not in overrides or a == argv[0]])
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *overrides]
+    elif overrides:
+        parser.error(f"unexpected arguments: {' '.join(overrides)}")
     try:
         return args.handler(args)
     except ConfigError as err:
@@ -45,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     job_command("validate", _validate, "check a job and print the resolved job")
     job_command("plan", _plan, "print the epoch/step/batch/LR plan of a job")
     job_command("run", _run, "train a job on the connected (or a new local) Ray cluster")
+
+    from rayaccel.submit import add_submit_arguments
+
+    submit = commands.add_parser(
+        "submit",
+        help="submit a job to a Ray cluster and stream its logs",
+        description="Upload the working directory and run `rayaccel run JOB` on a Ray "
+        "cluster's job server; exits with the job's status.",
+    )
+    add_submit_arguments(submit)
+    submit.set_defaults(handler=_submit)
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -114,6 +135,12 @@ def _check_model(job, source: str) -> None:
         raise ConfigError(
             [f"{source}: model.name: unknown model {name!r}; resnet9 or a timm model, e.g. {hint}"]
         )
+
+
+def _submit(args) -> int:
+    from rayaccel.submit import run_submit
+
+    return run_submit(args)
 
 
 def _prepare(args) -> int:

@@ -205,6 +205,18 @@ class CurriculumStage(_Strict):
 
 
 class _CurriculumBase(_Strict):
+    """EfficientTrain++ (METHODS.md section 1): what every curriculum shares.
+
+    `mode` picks the low-frequency realisation: `resize` down-samples on the CPU side after
+    crop/flip/RandAugment at full size (also cuts decode-to-worker transfer); `fft` keeps
+    batches at full size and applies the exact FFT crop on the worker after normalisation.
+    `train.epochs` stays the baseline that `budget_epochs` is compared to, and with a
+    curriculum `train.schedule.warmup_epochs` counts equivalent full-resolution epochs of
+    compute. `randaugment: false` keeps every stage's magnitude at 0 (use it when the baseline
+    has no RandAugment: ET++ ramps up to the baseline's strength, not beyond). How the plan
+    turns this into whole epochs is documented in `rayaccel.plan`.
+    """
+
     mode: Literal["fft", "resize"] = "resize"
     # Compute budget in equivalent full-resolution epochs; train.epochs is the baseline.
     budget_epochs: float = Field(gt=0, le=100_000)
@@ -217,7 +229,12 @@ class _CurriculumBase(_Strict):
 
 
 class EtppCurriculum(_CurriculumBase):
-    """The EfficientTrain++ preset: 10 equal-compute stages for a model family."""
+    """The EfficientTrain++ preset: 10 equal-compute stages for a model family.
+
+    Resolutions from `etpp_resolutions(family, data.image_size_px)` (the release's 224-px
+    schedules, or the 40/30/30 card rule for other sizes and `generic`), RandAugment magnitude
+    0..9 and replay factors from `etpp_replay_factors`.
+    """
 
     preset: Literal["et++"] = "et++"
     family: Literal["resnet", "swin", "cswin", "deit", "convnext", "generic"] = "generic"
@@ -243,6 +260,10 @@ CurriculumConfig = Annotated[
     Annotated[EtppCurriculum, Tag("et++")] | Annotated[CustomCurriculum, Tag("custom")],
     Discriminator(_curriculum_tag),
 ]
+
+
+# timm vision transformers built for one input size unless created with dynamic_img_size=True.
+_FIXED_SIZE_VIT_PREFIXES = ("vit_", "deit", "eva", "beit", "cait", "flexivit")
 
 
 def curriculum_problems(job: JobConfig) -> list[str]:
@@ -280,6 +301,16 @@ def curriculum_problems(job: JobConfig) -> list[str]:
             f"train.schedule.warmup_epochs: counts equivalent full-resolution epochs with a "
             f"curriculum and must be < curriculum.budget_epochs={curriculum.budget_epochs}, "
             f"got {job.train.schedule.warmup_epochs}"
+        )
+    model = job.model
+    if (
+        isinstance(model, TimmModel)
+        and model.name.startswith(_FIXED_SIZE_VIT_PREFIXES)
+        and not model.kwargs.get("dynamic_img_size")
+    ):
+        problems.append(
+            f"model.kwargs.dynamic_img_size: {model.name} must follow the curriculum's "
+            "resolutions (interpolated position embeddings); set it to true"
         )
     if isinstance(curriculum, EtppCurriculum):
         resolutions = etpp_resolutions(curriculum.family, full_px)

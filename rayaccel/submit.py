@@ -31,6 +31,8 @@ EXIT_BAD_INPUT = 2
 
 # gitignore-style patterns relative to the working directory: run folders can hold
 # gigabytes of checkpoints and none of these are needed to run a job.
+# How long to retry while a freshly started head's job agent comes up.
+AGENT_WAIT_S = 30.0
 UPLOAD_EXCLUDES = ["/runs/", ".git", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache"]
 TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
 STATUS_POLL_S = 1.0
@@ -73,6 +75,10 @@ def submit_job(
         SubmitError: The cluster is unreachable, rejected the request, or the job file is
             outside the working directory.
     """
+    # Imported here: `rayaccel --help` and the other commands should not pay for Ray.
+    import aiohttp
+    from ray.exceptions import AuthenticationError
+
     working_dir = Path(working_dir).resolve()
     if not working_dir.is_dir():
         raise SubmitError(f"--working-dir {working_dir}: no such directory")
@@ -97,10 +103,19 @@ def submit_job(
     env = dict(runtime_env or {})
     env["excludes"] = UPLOAD_EXCLUDES + list(env.get("excludes", []))
     env["working_dir"] = str(working_dir)
-    try:
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=env)
-    except (RuntimeError, ValueError, OSError) as err:
-        raise SubmitError(f"submitting to {client.get_address()} failed: {err}") from None
+    deadline_s = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=env)
+            break
+        except AuthenticationError as err:
+            raise SubmitError(_token_hint(client.get_address(), err)) from None
+        except (RuntimeError, ValueError, OSError) as err:
+            # A head that has just started answers 500 until its job agent is up.
+            if "No available agent" in str(err) and time.monotonic() < deadline_s:
+                time.sleep(1.0)
+                continue
+            raise SubmitError(f"submitting to {client.get_address()} failed: {err}") from None
     stream(f"[rayaccel] submitted {job_id} to {client.get_address()}: {entrypoint}")
     if not wait:
         stream(
@@ -111,7 +126,7 @@ def submit_job(
 
     try:
         asyncio.run(_tail_logs(client, job_id, stream))
-    except (RuntimeError, OSError) as err:
+    except (RuntimeError, OSError, aiohttp.ClientError) as err:
         stream(f"[rayaccel] log stream interrupted ({err}); waiting for the job to end")
     try:
         status = _wait_for_terminal_status(client, job_id)
@@ -121,7 +136,9 @@ def submit_job(
             f"lost contact with {client.get_address()} while {job_id} was running: {err}; "
             f"check it with `ray job status {job_id} --address {client.get_address()}`"
         ) from None
-    message = f": {info.message}" if status != "SUCCEEDED" and info.message else ""
+    # Ray appends the driver's last logs to the message; they were streamed already.
+    reason = (info.message or "").split("\n", 1)[0] if status != "SUCCEEDED" else ""
+    message = f": {reason}" if reason else ""
     stream(f"[rayaccel] job {job_id} {status}{message}")
     return status
 
@@ -134,15 +151,19 @@ def _connect(address: str | None):
     try:
         return JobSubmissionClient(address)
     except AuthenticationError as err:
-        raise SubmitError(
-            f"{where}: the cluster requires a token ({err}); set RAY_AUTH_MODE=token with the "
-            "token in ~/.ray/auth_token, or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH"
-        ) from None
+        raise SubmitError(_token_hint(where, err)) from None
     except (ConnectionError, RuntimeError, ValueError, OSError) as err:
         raise SubmitError(
             f"--address {where}: cannot reach a Ray job server ({err}); pass the dashboard "
             "URL, e.g. http://127.0.0.1:8265 after `ray dashboard cluster/aws.yaml`"
         ) from None
+
+
+def _token_hint(where: str, err: Exception) -> str:
+    return (
+        f"{where}: the cluster requires a token ({err}); set RAY_AUTH_MODE=token with the "
+        "token in ~/.ray/auth_token, or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH"
+    )
 
 
 async def _tail_logs(client, job_id: str, stream: Callable[[str], None]) -> None:
@@ -158,7 +179,11 @@ def _wait_for_terminal_status(client, job_id: str) -> str:
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds `JOB [section.key=value ...] --address URL [--no-wait] ...` to a parser."""
+    """Adds `JOB [section.key=value ...] --address URL [--no-wait] ...` to a parser.
+
+    With this parser alone, overrides go right after JOB: argparse cannot collect
+    positional overrides that follow an option (`rayaccel.cli` moves them for the user).
+    """
     parser.add_argument("job", help="job YAML file, inside the working directory")
     parser.add_argument(
         "overrides", nargs="*", metavar="section.key=value", help="override job fields"

@@ -191,3 +191,20 @@ def test_process_data_prepare_missing_source_exits_2_without_traceback(tmp_path)
     assert result.returncode == EXIT_BAD_INPUT
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("rayaccel data prepare: ")
+
+
+def test_submit_takes_overrides_after_options_and_validates_before_contacting(capsys):
+    # Port 1 never has a job server: the bad override must be reported first.
+    code = main(
+        [
+            "submit",
+            str(REPO / "jobs" / "quickstart.yaml"),
+            "--working-dir",
+            str(REPO),
+            "--address",
+            "http://127.0.0.1:1",
+            "train.epochs=-1",
+        ]
+    )
+    assert code == 2
+    assert "train.epochs: must be > 0, got -1" in capsys.readouterr().err

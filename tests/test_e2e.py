@@ -170,6 +170,7 @@ def test_corrupt_row_fails_with_shard_row_and_reason(ray_session, tmp_path, caps
         f"data.train={train}",
         f"data.val={FIXTURE_TEST}",
         "train.epochs=1",
+        "train.schedule.warmup_epochs=0",
         "train.global_batch_size=64",
         f"run.storage_path={tmp_path}",
         "run.name=bad",

@@ -9,4 +9,6 @@ named hook points:
 - ``replay``: EfficientTrain++ per-worker replay buffer that cuts preprocessing load R-fold.
 - ``curriculum``: EfficientTrain++ stage schedule (resolution, RandAugment magnitude, replay
   factor, Early-Large-Batch batch size and learning rate) and compute accounting.
+- ``hooks``: the loop's named hook points (stage start, epoch start, batch, inputs, loss, after
+  step, epoch end, state) and the hook objects wiring the methods above into the loop.
 """

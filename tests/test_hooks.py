@@ -1,0 +1,109 @@
+"""The method hooks the loop calls: low-pass crop, replay and their order."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from rayaccel.data.pipeline import DecodeSpec, decode_batch
+from rayaccel.data.randaugment import rand_augment
+from rayaccel.methods.frequency import lowpass_crop
+from rayaccel.methods.hooks import LowPassCropHook, ReplayHook, StepBatch, build_hooks
+
+
+def stage(resolution_px=14, replay_factor=1, per_worker_batch=8):
+    return SimpleNamespace(
+        resolution_px=resolution_px, replay_factor=replay_factor, per_worker_batch=per_worker_batch
+    )
+
+
+def uint8_batch(n, px=28, first_index=0):
+    indices = torch.arange(first_index, first_index + n)
+    images = (indices % 251).to(torch.uint8)[:, None, None, None].expand(n, 1, px, px).clone()
+    return StepBatch(images, indices % 10, indices)
+
+
+def test_hook_order_puts_the_crop_before_replay():
+    hooks = build_hooks(
+        lowpass_mode="fft",
+        replay_capacity_samples=64,
+        replay_dtype="fp16",
+        device=torch.device("cpu"),
+        seed=0,
+    )
+    assert [type(h) for h in hooks.hooks] == [LowPassCropHook, ReplayHook]
+    assert (
+        build_hooks(
+            lowpass_mode="resize",
+            replay_capacity_samples=0,
+            replay_dtype="uint8",
+            device=torch.device("cpu"),
+            seed=0,
+        ).hooks
+        == []
+    )
+
+
+def test_lowpass_hook_crops_inputs_to_the_stage_resolution():
+    hook = LowPassCropHook()
+    hook.on_stage_start(stage(14))
+    inputs = torch.randn(3, 1, 28, 28)
+    out = hook.on_inputs(StepBatch(inputs, torch.zeros(3), torch.arange(3)))
+    assert torch.allclose(out.images, lowpass_crop(inputs, 14))
+    hook.on_stage_start(stage(28))
+    assert hook.on_inputs(StepBatch(inputs, torch.zeros(3), torch.arange(3))).images is inputs
+
+
+def test_uint8_replay_fills_the_batch_and_is_reproducible_per_epoch():
+    def run_epoch(hook, epoch):
+        hook.on_epoch_start(epoch)
+        return [hook.on_batch(uint8_batch(2, first_index=10 * i)).indices for i in range(4)]
+
+    first = ReplayHook(capacity_samples=16, dtype=torch.uint8, device="cpu", seed=3)
+    first.on_stage_start(stage(replay_factor=4, per_worker_batch=8))
+    batches = run_epoch(first, 0)
+    assert all(b.shape == (8,) for b in batches)
+    assert torch.equal(batches[1][:2], torch.tensor([10, 11]))  # the fresh chunk comes first
+    assert first.on_epoch_end() == {"replay/buffer_samples": 8}
+    # A restarted worker (empty buffer) draws the same way in the same epoch.
+    again = ReplayHook(capacity_samples=16, dtype=torch.uint8, device="cpu", seed=3)
+    again.on_stage_start(stage(replay_factor=4, per_worker_batch=8))
+    assert all(torch.equal(a, b) for a, b in zip(run_epoch(again, 0), batches, strict=True))
+    # A new stage empties the buffer; R = 1 passes batches through.
+    first.on_stage_start(stage(replay_factor=1, per_worker_batch=8))
+    batch = uint8_batch(8)
+    assert first.on_batch(batch) is batch and first.buffer is None
+
+
+def test_fp16_replay_acts_on_normalised_inputs_only():
+    hook = ReplayHook(capacity_samples=16, dtype=torch.float16, device="cpu", seed=0)
+    hook.on_stage_start(stage(replay_factor=2, per_worker_batch=4))
+    raw = uint8_batch(2)
+    assert hook.on_batch(raw) is raw
+    inputs = StepBatch(torch.randn(2, 1, 14, 14), raw.labels, raw.indices)
+    assert hook.on_inputs(inputs).images.shape == (4, 1, 14, 14)
+
+
+def test_rand_augment_is_seeded_and_magnitude_zero_is_off():
+    images = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), dtype=np.uint8)
+    assert rand_augment(images, 0, np.random.default_rng(0)) is images
+    a = rand_augment(images, 9, np.random.default_rng(1))
+    b = rand_augment(images, 9, np.random.default_rng(1))
+    assert a.shape == images.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, images)
+
+
+def test_decode_downsamples_after_augmenting_in_resize_mode():
+    from rayaccel.data.codec import encode_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    batch = {
+        "image": np.array([encode_image(p) for p in pixels], dtype=object),
+        "label": np.arange(4),
+        "index": np.arange(4),
+    }
+    spec = DecodeSpec(28, 1, 10, "fail", randaug_magnitude=5, output_size_px=14)
+    out = decode_batch(batch, spec, np.random.default_rng(0))
+    assert out["image"].shape == (4, 1, 14, 14) and out["image"].dtype == np.uint8
