@@ -99,7 +99,7 @@ def submit_job(
 
     job_arg = job_file.relative_to(working_dir).as_posix()
     entrypoint = shlex.join(["rayaccel", "run", job_arg, *overrides])
-    client = _connect(address)
+    client = connect_job_server(address)
     env = dict(runtime_env or {})
     env["excludes"] = UPLOAD_EXCLUDES + list(env.get("excludes", []))
     env["working_dir"] = str(working_dir)
@@ -143,11 +143,19 @@ def submit_job(
     return status
 
 
-def _connect(address: str | None):
+def connect_job_server(address: str | None):
+    """A JobSubmissionClient for `address`, or for Ray's environment variables when None.
+
+    Ray lets $RAY_API_SERVER_ADDRESS and $RAY_ADDRESS override even an explicit address; an
+    address the user typed must win, so those variables are hidden while connecting.
+    """
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     where = address or "$RAY_API_SERVER_ADDRESS / $RAY_ADDRESS"
+    hidden = {}
+    if address is not None:
+        hidden = {k: os.environ.pop(k) for k in _ADDRESS_VARIABLES if k in os.environ}
     try:
         return JobSubmissionClient(address)
     except AuthenticationError as err:
@@ -157,6 +165,11 @@ def _connect(address: str | None):
             f"--address {where}: cannot reach a Ray job server ({err}); pass the dashboard "
             "URL, e.g. http://127.0.0.1:8265 after `ray dashboard cluster/aws.yaml`"
         ) from None
+    finally:
+        os.environ.update(hidden)
+
+
+_ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 
 def _token_hint(where: str, err: Exception) -> str:

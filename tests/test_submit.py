@@ -27,9 +27,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from ray.job_submission import JobSubmissionClient
 
-from rayaccel.submit import add_submit_arguments, run_submit, submit_job
+from rayaccel.submit import add_submit_arguments, connect_job_server, run_submit, submit_job
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
@@ -209,7 +208,7 @@ def test_ray_job_submit_runs_the_quickstart(ray_head):
     assert result.returncode == 0, output
     assert f"Job '{submission_id}' succeeded" in output, output
 
-    assert JobSubmissionClient(dashboard_url).get_job_status(submission_id) == "SUCCEEDED"
+    assert connect_job_server(dashboard_url).get_job_status(submission_id) == "SUCCEEDED"
     summary, metrics = read_run_folder(runs / "submitted")
     assert summary["epochs_completed"] == 1
     assert len(metrics) == 1
@@ -314,3 +313,22 @@ def test_submit_requires_the_job_inside_the_working_dir(capsys, tmp_path):
     )
     assert run_submit(args) == 2
     assert "must be inside the uploaded working directory" in capsys.readouterr().err
+
+
+def test_explicit_address_wins_over_ray_address(monkeypatch, capsys):
+    """Ray's client lets $RAY_ADDRESS override an explicit address; rayaccel must not."""
+    explicit = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
+    args = parse_submit(
+        [
+            str(REPO_ROOT / "jobs" / "quickstart.yaml"),
+            "--address",
+            explicit,
+            "--working-dir",
+            str(REPO_ROOT),
+        ]
+    )
+    assert run_submit(args) == 2
+    err = capsys.readouterr().err
+    assert f"--address {explicit}: cannot reach a Ray job server" in err
+    assert os.environ["RAY_ADDRESS"] == "http://127.0.0.1:1"  # restored after connecting
