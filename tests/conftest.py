@@ -33,7 +33,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True)
+        ray.init(address="local", num_cpus=2, include_dashboard=True)
     address = ray.get_runtime_context().gcs_address
     previous = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = address
