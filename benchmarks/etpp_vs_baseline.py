@@ -21,38 +21,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from common import REPO_ROOT, dataset_dir, job_on_data, run, start_ray
+
 JOB = REPO_ROOT / "jobs" / "fashion-mnist-etpp.yaml"
-FIXTURE = REPO_ROOT / "data" / "fixture" / "fashion-mnist"
-SOURCE = Path("/usr/share/datasets/fashion-mnist")
-CACHE = Path.home() / ".cache" / "rayaccel" / "fashion-mnist"
-
-
-def dataset_dir(smoke: bool) -> Path:
-    """The prepared Fashion-MNIST folder (with train/ and test/) to benchmark on."""
-    if smoke or not SOURCE.is_dir():
-        return FIXTURE
-    if not (CACHE / "train" / "metadata.json").is_file():
-        from rayaccel.data.prepare import prepare_dataset
-
-        print(f"[bench] preparing {SOURCE} -> {CACHE}", flush=True)
-        prepare_dataset("fashion-mnist", SOURCE, CACHE, overwrite=True)
-    return CACHE
 
 
 def jobs(data: Path, storage: Path, smoke: bool) -> dict[str, dict]:
     """The baseline and curriculum jobs as raw mappings (same everything but `curriculum`)."""
-    from rayaccel.config import read_yaml
-
-    curriculum = read_yaml(JOB)
-    curriculum["data"].update(train=str(data / "train"), val=str(data / "test"))
-    curriculum["run"].update(storage_path=str(storage))
+    curriculum = job_on_data(JOB, data, storage)
     if smoke:
         curriculum["train"].update(epochs=1)
         curriculum["train"]["schedule"]["warmup_epochs"] = 0.1
@@ -64,14 +45,6 @@ def jobs(data: Path, storage: Path, smoke: bool) -> dict[str, dict]:
     return {"baseline": baseline, "et++": curriculum}
 
 
-def run(raw: dict) -> dict:
-    from rayaccel.config import parse_job, resolve_data
-    from rayaccel.train.runner import run_job
-
-    job = resolve_data(parse_job(raw, source=str(JOB)), source=str(JOB))
-    return run_job(job)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny run on the fixture")
@@ -79,17 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
 
-    import ray
-
     data = dataset_dir(args.smoke)
     storage = args.out or Path(tempfile.mkdtemp(prefix="rayaccel-bench-"))
-    if not ray.is_initialized():
-        ray.init()  # joins RAY_ADDRESS when set, else starts a local instance
-    # Ray Train's helpers look the cluster up by address; on a machine with other Ray
-    # instances running they would otherwise refuse to pick one.
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    start_ray()
     started_s = time.time()
-    summaries = {name: run(raw) for name, raw in jobs(data, storage, args.smoke).items()}
+    summaries = {
+        name: run(raw, source=str(JOB)) for name, raw in jobs(data, storage, args.smoke).items()
+    }
     base, etpp = summaries["baseline"], summaries["et++"]
     results = {
         "data": str(data),

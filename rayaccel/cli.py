@@ -1,4 +1,4 @@
-"""`rayaccel` command line: validate, plan, run, submit and data prepare.
+"""`rayaccel` command line: validate, plan, run, submit, report and data prepare.
 
 Bad input exits with status 2 and one line per problem, never a traceback; a failed
 training run exits with status 1 and its root cause.
@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "overrides", nargs="*", metavar="section.key=value", help="override job fields"
         )
+        sub.add_argument(
+            "--curriculum",
+            metavar="FILE",
+            help="a curriculum (or LR-rule) file written by `rayaccel tune`, applied to the job",
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -67,6 +72,21 @@ def _parser() -> argparse.ArgumentParser:
     add_submit_arguments(submit)
     submit.set_defaults(handler=_submit)
 
+    tune = commands.add_parser(
+        "tune",
+        help="search curricula, LR scaling or job fields with Ray Tune",
+        description="Run a search file (searches/*.yaml): parallel Ray Tune trials, each "
+        "training the base job with Ray Train; prints a table and writes the results and the "
+        "best configuration as YAML.",
+    )
+    tune.add_argument("search", help="search YAML file")
+    tune.add_argument(
+        "--output",
+        metavar="FILE",
+        help="where to write the best configuration (default: the search folder)",
+    )
+    tune.set_defaults(handler=_tune)
+
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     from rayaccel.data.prepare import add_prepare_arguments
@@ -79,11 +99,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_prepare_arguments(prepare)
     prepare.set_defaults(handler=_prepare)
+
+    report = commands.add_parser(
+        "report",
+        help="plots and a comparison table of run folders",
+        description="Plot validation accuracy against wall time and compute, the plan's "
+        "resolution, batch size and LR, and images/s per epoch of one or more run folders, "
+        "and print a markdown table comparing them (ratios against the first run).",
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (path or URI)")
+    report.add_argument(
+        "--out",
+        default=None,
+        help="folder for the PNGs and report.md (default: the run folder for one run, "
+        "./report for several)",
+    )
+    report.set_defaults(handler=_report)
     return parser
 
 
 def _load(args, *, check_paths: bool = True):
-    return load_job(args.job, args.overrides, check_paths=check_paths)
+    return load_job(
+        args.job, args.overrides, check_paths=check_paths, curriculum_file=args.curriculum
+    )
 
 
 def _validate(args) -> int:
@@ -137,10 +175,44 @@ def _check_model(job, source: str) -> None:
         )
 
 
+def _tune(args) -> int:
+    from rayaccel.plan import PlanError
+    from rayaccel.train.runner import RunFailed
+    from rayaccel.tune import SearchFailed, run_search
+
+    try:
+        summary, table = run_search(args.search, args.output)
+    except PlanError as err:
+        raise ConfigError([f"{args.search}: {err}"]) from None
+    except (SearchFailed, RunFailed) as err:
+        print(f"rayaccel tune: search failed: {err}", file=sys.stderr)
+        return 1
+    print(table)
+    return 0
+
+
 def _submit(args) -> int:
     from rayaccel.submit import run_submit
 
     return run_submit(args)
+
+
+def _report(args) -> int:
+    import os
+
+    from rayaccel.report import ReportError, load_run, write_report
+    from rayaccel.train.runner import RunFolder
+
+    try:
+        records = [load_run(location) for location in args.runs]
+    except ReportError as err:
+        raise ConfigError([f"rayaccel report: {err}"]) from None
+    out = args.out or (args.runs[0] if len(args.runs) == 1 else "report")
+    out = out if "://" in out else os.path.abspath(out)
+    names = write_report(records, RunFolder(out.rstrip("/")).write_bytes)
+    print((RunFolder(out).read_text("report.md") or "").rstrip())
+    print(f"[rayaccel] wrote {', '.join(names)} to {out}")
+    return 0
 
 
 def _prepare(args) -> int:

@@ -8,6 +8,7 @@ no component ever reads the job. Every problem is reported as one line naming it
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,6 +44,11 @@ class AugmentConfig(_Strict):
 
     random_crop_padding_px: int = Field(0, ge=0, le=64)
     horizontal_flip: bool = False
+    # Zeroes one square of this side per image, on the worker (0: off; 8 px for CIFAR).
+    cutout_px: int = Field(0, ge=0, le=1024)
+    # Worker-side augmentation (data.mode: device crops and flips, cutout) shares one random
+    # choice per this many consecutive shuffled samples, as the CIFAR record runs do.
+    samples_per_choice: int = Field(1, ge=1, le=4096)
 
 
 class ParquetData(_Strict):
@@ -60,6 +66,10 @@ class ParquetData(_Strict):
     on_bad_row: Literal["fail", "skip"] = "fail"
     augment: AugmentConfig = AugmentConfig()
     decode_batch_rows: int = Field(256, ge=1)
+    # ray: Ray Data decodes and augments every epoch on CPU tasks; device: each worker decodes
+    # its disjoint part of the splits once, keeps the uint8 pixels on its device and augments
+    # whole batches there (datasets that fit in device memory, e.g. CIFAR or Fashion-MNIST).
+    mode: Literal["ray", "device"] = "ray"
 
     @field_validator("std")
     @classmethod
@@ -178,6 +188,122 @@ class TrainConfig(_Strict):
     log_every_steps: int = Field(20, ge=1)
 
 
+# ---------------------------------------------------------------- tricks
+class EmaTrick(_Strict):
+    """EMA of the weights: evaluated instead of the live weights and kept in checkpoints."""
+
+    every_steps: int = Field(5, ge=1)
+    momentum: float = Field(0.99, ge=0, lt=1)
+
+
+class TtaTrick(_Strict):
+    """Test-time augmentation: evaluation averages logits over flipped/shifted views."""
+
+    flip: bool = True
+    # Adds two diagonal shifts by this many pixels (multi-crop TTA); 0: none.
+    translate_px: int = Field(0, ge=0, le=64)
+
+
+class GhostBnTrick(_Strict):
+    """Ghost batch norm: each `virtual_batch_size` slice of a worker's batch normalised alone."""
+
+    virtual_batch_size: int = Field(32, ge=2)
+
+
+class FrozenBnScaleTrick(_Strict):
+    """BatchNorm scales fixed at `scale`; BN biases train at `bias_lr_multiplier` x the LR
+    with weight decay divided by `bias_wd_divisor` (64 and 64 in the myrtle.ai recipe)."""
+
+    scale: float = Field(1.0, gt=0)
+    bias_lr_multiplier: float = Field(64.0, gt=0)
+    bias_wd_divisor: float = Field(64.0, gt=0)
+
+
+class WhiteningTrick(_Strict):
+    """A fixed PCA-whitening conv of `patch_size` patches, computed from training images, in
+    place of the model's first 3x3 conv (followed by a learnable 1x1 conv)."""
+
+    patch_size: int = Field(3, ge=1, le=7)
+    eps: float = Field(1e-2, gt=0)
+    # Training images the patch covariance is computed from (the first ones of the split).
+    sample_images: int = Field(5000, ge=1)
+
+    @field_validator("patch_size")
+    @classmethod
+    def _odd(cls, size: int) -> int:
+        if size % 2 == 0:
+            raise ValueError(f"must be odd, got {size}")
+        return size
+
+
+class LookaheadTrick(_Strict):
+    """Lookahead around the optimizer: every k steps pull the weights alpha of the way to a
+    slow copy."""
+
+    k: int = Field(5, ge=1)
+    alpha: float = Field(0.5, gt=0, le=1)
+
+
+class TricksConfig(_Strict):
+    """The fast-training tricks of METHODS.md section 4; every one off unless given."""
+
+    ema: EmaTrick | None = None
+    tta: TtaTrick | None = None
+    ghost_bn: GhostBnTrick | None = None
+    frozen_bn_scale: FrozenBnScaleTrick | None = None
+    whitening: WhiteningTrick | None = None
+    dirac_init: bool = False
+    # Epoch e > 0 flips exactly the images not flipped in e - 1 (needs horizontal_flip).
+    alternating_flip: bool = False
+    lookahead: LookaheadTrick | None = None
+
+
+def tricks_problems(job: JobConfig) -> list[str]:
+    """Tricks that validate alone but not with the rest of the job."""
+    tricks = job.tricks
+    problems = []
+    per_worker = job.train.global_batch_size // job.scaling.max_workers
+    ghost = tricks.ghost_bn
+    if ghost is not None and per_worker % ghost.virtual_batch_size:
+        problems.append(
+            f"tricks.ghost_bn.virtual_batch_size: must divide the per-worker batch {per_worker} "
+            f"(train.global_batch_size over scaling.num_workers), got {ghost.virtual_batch_size}"
+        )
+    if tricks.whitening is not None and not isinstance(job.model, ResNet9Model):
+        problems.append(
+            f"tricks.whitening: needs a model whose first layer is a 3x3 stride-1 conv (resnet9); "
+            f"{job.model.name} is not supported"
+        )
+    if tricks.alternating_flip and not job.data.augment.horizontal_flip:
+        problems.append(
+            "tricks.alternating_flip: alternates horizontal flips; set "
+            "data.augment.horizontal_flip: true"
+        )
+    if job.data.mode == "device" and getattr(job, "infobatch", None) is not None:
+        problems.append(
+            "infobatch: prunes rows in the Ray Data pipeline; use data.mode: ray with it"
+        )
+    size_px = job.data.image_size_px
+    if size_px is not None:
+        if tricks.tta is not None and tricks.tta.translate_px >= size_px:
+            problems.append(
+                f"tricks.tta.translate_px: must be < data.image_size_px={size_px}, "
+                f"got {tricks.tta.translate_px}"
+            )
+        if tricks.whitening is not None and tricks.whitening.patch_size > size_px:
+            problems.append(
+                f"tricks.whitening.patch_size: must be <= data.image_size_px={size_px}, "
+                f"got {tricks.whitening.patch_size}"
+            )
+        padding_px = job.data.augment.random_crop_padding_px
+        if job.data.mode == "device" and padding_px >= size_px:
+            problems.append(
+                f"data.augment.random_crop_padding_px: must be < data.image_size_px={size_px} "
+                f"with data.mode: device, got {padding_px}"
+            )
+    return problems
+
+
 # ---------------------------------------------------------------- curriculum
 class ReplaySection(_Strict):
     """The per-worker replay buffer of EfficientTrain++ (METHODS.md section 1).
@@ -222,8 +348,11 @@ class _CurriculumBase(_Strict):
     budget_epochs: float = Field(gt=0, le=100_000)
     # Early Large Batch cap; None means train.global_batch_size (no larger early batches).
     max_global_batch: int | None = Field(None, ge=1)
-    # Cap on the square-root-scaled LR; None means no cap.
+    # Cap on the scaled LR; None means no cap.
     lr_max: float | None = Field(None, gt=0, le=100)
+    # Early Large Batch LR rule lr_B = lr * (batch_B / batch) ** lr_alpha: 0.5 is the
+    # square-root rule; `rayaccel tune` LR-scaling searches fit it for a model and data set.
+    lr_alpha: float = Field(0.5, ge=0, le=2)
     replay: ReplaySection = ReplaySection()
     randaugment: bool = True
 
@@ -247,6 +376,144 @@ class CustomCurriculum(_CurriculumBase):
     stages: list[CurriculumStage] = Field(min_length=1, max_length=100)
 
 
+class ProgressiveCurriculum(_Strict):
+    """EfficientNetV2 progressive learning with adaptive regularisation (METHODS.md section 3).
+
+    `num_stages` stages of equal epochs (`train.epochs` in total); stage i trains at
+    `S_i = S_0 + (S_e - S_0) * i / (M - 1)` px (a real resize in Ray Data) with every
+    regularisation strength moved from its start to its end value the same way. Each pair is
+    `[start, end]`. `release` takes the ImageNet settings of EfficientNetV2-S/M/L
+    (`rayaccel.methods.progressive.EFFICIENTNETV2_PRESETS`) and any pair given here overrides
+    its value; without a release `size_px` is required and the strengths default to 0.
+    Evaluation runs at the final stage's size. Dropout and drop path are set on timm models'
+    attributes at every stage start; mixup and cutmix run on the worker.
+    """
+
+    preset: Literal["progressive"] = "progressive"
+    release: Literal["s", "m", "l"] | None = None
+    num_stages: int | None = Field(None, ge=1, le=100)
+    size_px: tuple[int, int] | None = None
+    # rayaccel's RandAugment is on timm's 0..10 scale; the M/L releases' 15 and 20 are clipped.
+    randaug_magnitude: tuple[float, float] | None = None
+    mixup_alpha: tuple[float, float] | None = None
+    cutmix_alpha: tuple[float, float] | None = None
+    dropout_rate: tuple[float, float] | None = None
+    drop_path_rate: tuple[float, float] | None = None
+    # Intermediate sizes are rounded to a multiple of this (8 for tensor cores; 2 or 4 for
+    # 28-px images).
+    size_multiple_px: int = Field(8, ge=1, le=256)
+
+    @field_validator("size_px")
+    @classmethod
+    def _sizes(cls, sizes: tuple[int, int] | None) -> tuple[int, int] | None:
+        if sizes is not None and not all(8 <= s <= 4096 for s in sizes):
+            raise ValueError(f"sizes must be in [8, 4096] px, got {list(sizes)}")
+        return sizes
+
+    @field_validator("randaug_magnitude")
+    @classmethod
+    def _magnitudes(cls, pair: tuple[float, float] | None) -> tuple[float, float] | None:
+        if pair is not None and not all(0 <= m <= 10 for m in pair):
+            raise ValueError(f"magnitudes must be in [0, 10] (timm's scale), got {list(pair)}")
+        return pair
+
+    @field_validator("mixup_alpha", "cutmix_alpha")
+    @classmethod
+    def _alphas(cls, pair: tuple[float, float] | None) -> tuple[float, float] | None:
+        if pair is not None and not all(0 <= a <= 100 for a in pair):
+            raise ValueError(f"alphas must be in [0, 100], got {list(pair)}")
+        return pair
+
+    @field_validator("dropout_rate", "drop_path_rate")
+    @classmethod
+    def _rates(cls, pair: tuple[float, float] | None) -> tuple[float, float] | None:
+        if pair is not None and not all(0 <= r < 1 for r in pair):
+            raise ValueError(f"rates must be in [0, 1), got {list(pair)}")
+        return pair
+
+    @model_validator(mode="after")
+    def _needs_sizes(self) -> ProgressiveCurriculum:
+        if self.release is None and self.size_px is None:
+            raise ValueError(
+                "size_px: required without a release (e.g. size_px: [16, 28]), "
+                "or set release: s | m | l"
+            )
+        return self
+
+
+def progressive_settings(curriculum: ProgressiveCurriculum) -> dict[str, Any]:
+    """Keyword arguments of `progressive_stages` (all but `total_epochs`) for a curriculum."""
+    from rayaccel.methods.progressive import efficientnetv2_preset
+
+    if curriculum.release is not None:
+        settings = efficientnetv2_preset(curriculum.release)
+    else:
+        settings = {"num_stages": 4}
+        for name in ("randaug", "mixup", "cutmix", "dropout", "drop_path"):
+            settings[f"{name}_start"] = settings[f"{name}_end"] = 0.0
+    if curriculum.num_stages is not None:
+        settings["num_stages"] = curriculum.num_stages
+    pairs = {
+        "size": curriculum.size_px,
+        "randaug": curriculum.randaug_magnitude,
+        "mixup": curriculum.mixup_alpha,
+        "cutmix": curriculum.cutmix_alpha,
+        "dropout": curriculum.dropout_rate,
+        "drop_path": curriculum.drop_path_rate,
+    }
+    for name, pair in pairs.items():
+        if pair is not None:
+            suffix = "_px" if name == "size" else ""
+            settings[f"{name}_start{suffix}"], settings[f"{name}_end{suffix}"] = pair
+    settings["size_multiple_px"] = curriculum.size_multiple_px
+    return settings
+
+
+def _progressive_problems(job: JobConfig) -> list[str]:
+    settings = progressive_settings(job.curriculum)
+    problems = []
+    if job.train.epochs < settings["num_stages"]:
+        problems.append(
+            f"train.epochs: a progressive curriculum of {settings['num_stages']} stages needs "
+            f"at least one epoch per stage, got {job.train.epochs}"
+        )
+    regularised = [
+        name
+        for name in ("dropout", "drop_path")
+        if max(settings[f"{name}_start"], settings[f"{name}_end"]) > 0
+    ]
+    if regularised and isinstance(job.model, ResNet9Model):
+        problems.append(
+            f"curriculum.{regularised[0]}_rate: resnet9 has no dropout or drop path to "
+            "schedule; use a timm model or set it to [0, 0]"
+        )
+    if isinstance(job.model, TimmModel) and "drop_path_rate" in job.model.kwargs:
+        problems.append(
+            "model.kwargs.drop_path_rate: set by curriculum.drop_path_rate with a progressive "
+            "curriculum; remove it"
+        )
+    full_px = job.data.image_size_px
+    if full_px is not None and max(settings["size_start_px"], settings["size_end_px"]) > full_px:
+        problems.append(
+            f"curriculum.size_px: stages resize down from data.image_size_px={full_px}; "
+            f"sizes must be <= {full_px}, got "
+            f"{[settings['size_start_px'], settings['size_end_px']]}"
+        )
+    full_px = job.data.image_size_px
+    if full_px is not None and max(settings["size_start_px"], settings["size_end_px"]) > full_px:
+        problems.append(
+            f"curriculum.size_px: stages resize down from data.image_size_px={full_px}; "
+            f"sizes must be <= {full_px}, got "
+            f"{[settings['size_start_px'], settings['size_end_px']]}"
+        )
+    if job.data.mode == "device":
+        problems.append(
+            "data.mode: device keeps one resolution on the device; a progressive curriculum "
+            "resizes in Ray Data (use data.mode: ray)"
+        )
+    return problems
+
+
 def _curriculum_tag(value: Any) -> str:
     if isinstance(value, dict):
         preset = value.get("preset")
@@ -257,7 +524,9 @@ def _curriculum_tag(value: Any) -> str:
 
 
 CurriculumConfig = Annotated[
-    Annotated[EtppCurriculum, Tag("et++")] | Annotated[CustomCurriculum, Tag("custom")],
+    Annotated[EtppCurriculum, Tag("et++")]
+    | Annotated[CustomCurriculum, Tag("custom")]
+    | Annotated[ProgressiveCurriculum, Tag("progressive")],
     Discriminator(_curriculum_tag),
 ]
 
@@ -278,8 +547,15 @@ def curriculum_problems(job: JobConfig) -> list[str]:
     full_px = job.data.image_size_px
     if curriculum is None or full_px is None:
         return []
+    if isinstance(curriculum, ProgressiveCurriculum):
+        return _progressive_problems(job)
+    if job.data.mode == "device":
+        return [
+            "data.mode: device keeps one resolution on the device; an EfficientTrain++ "
+            "curriculum needs data.mode: ray"
+        ]
     problems = []
-    workers = job.scaling.num_workers
+    workers = job.scaling.max_workers
     batch = job.train.global_batch_size
     if curriculum.max_global_batch is not None and curriculum.max_global_batch < batch:
         problems.append(
@@ -331,10 +607,10 @@ def curriculum_problems(job: JobConfig) -> list[str]:
                 f"got {stage.resolution_px}"
             )
         stage_batch = stage.global_batch_size
-        if stage_batch is not None and stage_batch % workers:
+        if stage_batch is not None and stage_batch % job.scaling.worker_multiple:
             problems.append(
                 f"{where}.global_batch_size: must be a multiple of scaling.num_workers="
-                f"{workers}, got {stage_batch}"
+                f"{job.scaling.worker_multiple}, got {stage_batch}"
             )
             continue
         # The Early-Large-Batch rule never goes below train.global_batch_size.
@@ -348,14 +624,69 @@ def curriculum_problems(job: JobConfig) -> list[str]:
     return problems
 
 
+# ---------------------------------------------------------------- pruning
+class InfoBatchSection(_Strict):
+    """InfoBatch unbiased dynamic data pruning (METHODS.md section 2).
+
+    Each epoch, samples whose latest training loss is below the mean are dropped with
+    probability `prune_ratio` right after Ray Data reads them (never decoded or trained on);
+    the surviving ones get loss weight 1/(1 - prune_ratio). Epochs from
+    `ceil(delta * epochs)` on train on all data with weight 1 (annealing).
+    """
+
+    prune_ratio: float = Field(0.5, ge=0, lt=1)
+    delta: float = Field(0.875, gt=0, le=1)
+
+
 # ---------------------------------------------------------------- scaling
 class ScalingSection(_Strict):
-    num_workers: int = Field(1, ge=1)
+    # An integer, or [min, max] for elastic training: Ray Train starts as many workers as the
+    # cluster has room for (at least min), and restarts the group from the latest checkpoint
+    # with more workers when room appears or with fewer after losing a node.
+    num_workers: int | tuple[int, int] = 1
     use_gpu: bool = False
     # Ray resources each training worker reserves; None means 1 CPU (plus 1 GPU with use_gpu).
     resources_per_worker: dict[str, float] | None = None
     # CPUs each Ray Data decode/augment task reserves; fractions let them share cores.
     preprocess_cpus: float = Field(1.0, gt=0)
+    # How the workers are placed: PACK (as few nodes as possible), SPREAD (across nodes where
+    # possible), STRICT_PACK (one node) or STRICT_SPREAD (every worker on its own node).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # Elastic ranges only: seconds between checks whether the cluster has room for more workers.
+    resize_check_interval_s: float = Field(60.0, gt=0)
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _count_or_range(cls, value: Any) -> int | tuple[int, int]:
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if is_int(value):
+            if value < 1:
+                raise ValueError(f"must be >= 1, got {value}")
+            return value
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(is_int, value))):
+            raise ValueError(f"must be an integer or a [min, max] range of integers, got {value!r}")
+        low, high = value
+        if low < 1:
+            raise ValueError(f"the range's min must be >= 1, got {list(value)}")
+        if low > high:
+            raise ValueError(f"the range's min must be <= its max, got {list(value)}")
+        return low if low == high else (low, high)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers; the smallest per-worker batch belongs to this world size."""
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def worker_multiple(self) -> int:
+        """Global batches must be multiples of this: every allowed world size divides it."""
+        return math.lcm(*range(self.min_workers, self.max_workers + 1))
 
     @field_validator("resources_per_worker")
     @classmethod
@@ -386,13 +717,24 @@ class JobConfig(_Strict):
     run: RunSection
     # None trains every epoch at full resolution, as the baseline.
     curriculum: CurriculumConfig | None = None
+    tricks: TricksConfig = TricksConfig()
+    # None trains on every sample every epoch.
+    infobatch: InfoBatchSection | None = None
 
     @model_validator(mode="after")
     def _cross_field(self) -> JobConfig:
         problems = []
-        workers = self.scaling.num_workers
+        workers = self.scaling.max_workers
         batch = self.train.global_batch_size
-        if batch < workers:
+        multiple = self.scaling.worker_multiple
+        if isinstance(self.scaling.num_workers, tuple) and batch % multiple:
+            problems.append(
+                f"train.global_batch_size: must be a multiple of every worker count "
+                f"scaling.num_workers={list(self.scaling.num_workers)} allows (of {multiple}), "
+                f"got {batch}"
+                + (f" (try {batch - batch % multiple})" if batch > multiple else "")
+            )
+        elif batch < workers:
             problems.append(
                 f"train.global_batch_size: must be >= scaling.num_workers={workers}, got {batch}"
             )
@@ -422,6 +764,7 @@ class JobConfig(_Strict):
                     f"got {len(values)}"
                 )
         problems.extend(curriculum_problems(self))
+        problems.extend(tricks_problems(self))
         if problems:
             raise ValueError(_CROSS_MARK + "\n".join(problems))
         return self
@@ -489,7 +832,13 @@ def parse_job(raw: dict[str, Any], *, source: str = "job") -> JobConfig:
         raise ConfigError(_format_errors(err, raw, source)) from None
 
 
-def load_job(path: str | Path, overrides: list[str] = (), *, check_paths: bool = True) -> JobConfig:
+def load_job(
+    path: str | Path,
+    overrides: list[str] = (),
+    *,
+    check_paths: bool = True,
+    curriculum_file: str | Path | None = None,
+) -> JobConfig:
     """Reads, overrides and validates a job file.
 
     Args:
@@ -498,8 +847,15 @@ def load_job(path: str | Path, overrides: list[str] = (), *, check_paths: bool =
         check_paths: Also check that the data folders exist and hold rayaccel metadata,
             and fill image size, channels, classes and mean/std from it where the job left
             them out.
+        curriculum_file: A `curriculum:` file written by `rayaccel tune`, applied before the
+            overrides (see `rayaccel.tune.common.merge_curriculum`).
     """
-    raw = apply_overrides(read_yaml(path), list(overrides))
+    raw = read_yaml(path)
+    if curriculum_file is not None:
+        from rayaccel.tune.common import load_curriculum_file, merge_curriculum
+
+        raw = merge_curriculum(raw, load_curriculum_file(curriculum_file))
+    raw = apply_overrides(raw, list(overrides))
     job = parse_job(raw, source=str(path))
     if check_paths:
         job = resolve_data(job, source=str(path))
@@ -563,6 +919,7 @@ def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
     job = job.model_copy(update={"data": data})
     if "image_size_px" in filled:
         problems.extend(curriculum_problems(job))
+        problems.extend(tricks_problems(job))
     if problems:
         raise ConfigError([f"{source}: {p}" for p in problems])
     return job
@@ -590,7 +947,8 @@ def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> li
             continue
         if kind == "union_tag_invalid" and loc == ["curriculum"]:
             lines.append(
-                f"{source}: curriculum.preset: must be 'et++' or 'custom', got {ctx.get('tag')!r}"
+                f"{source}: curriculum.preset: must be 'et++', 'custom' or 'progressive', "
+                f"got {ctx.get('tag')!r}"
             )
             continue
         if kind == "extra_forbidden":
@@ -673,6 +1031,13 @@ def _allowed_keys(loc: list[str], tags: dict[str, str]) -> list[str]:
         "scaling": ScalingSection,
         "run": RunSection,
         "curriculum.replay": ReplaySection,
+        "tricks": TricksConfig,
+        "tricks.ema": EmaTrick,
+        "tricks.tta": TtaTrick,
+        "tricks.ghost_bn": GhostBnTrick,
+        "tricks.frozen_bn_scale": FrozenBnScaleTrick,
+        "tricks.whitening": WhiteningTrick,
+        "tricks.lookahead": LookaheadTrick,
     }
     key = ".".join(loc)
     if key in sections:
@@ -681,6 +1046,8 @@ def _allowed_keys(loc: list[str], tags: dict[str, str]) -> list[str]:
         model = ResNet9Model if tags.get("model") == "resnet9" else TimmModel
         return list(model.model_fields)
     if key == "curriculum":
+        if tags.get("curriculum") == "progressive":
+            return list(ProgressiveCurriculum.model_fields)
         return sorted(set(EtppCurriculum.model_fields) | set(CustomCurriculum.model_fields))
     if re.fullmatch(r"curriculum\.stages\.\d+", key):
         return list(CurriculumStage.model_fields)

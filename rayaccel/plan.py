@@ -27,11 +27,17 @@ size and peak LR, and the schedule runs on the fraction of compute spent. Decisi
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-from rayaccel.config import CosineSchedule, EtppCurriculum, JobConfig
+from rayaccel.config import (
+    CosineSchedule,
+    EtppCurriculum,
+    JobConfig,
+    ProgressiveCurriculum,
+    progressive_settings,
+)
 from rayaccel.methods import curriculum as etpp
+from rayaccel.methods.infobatch import first_full_epoch
 from rayaccel.train.schedules import lr_multiplier
 
 
@@ -53,6 +59,11 @@ class StagePlan:
     planned_data_epochs: float = 0.0
     compute_share: float = 1.0
     dataset: str = "train"
+    # EfficientNetV2 progressive-learning regularisation; 0 is off.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
 
     @property
     def end_epoch(self) -> int:
@@ -75,15 +86,30 @@ class Plan:
 
     stages: tuple[StagePlan, ...]
     schedule: dict = field(default_factory=dict)
+    # The world size the stages' per-worker batches and steps are for; an elastic job plans
+    # for its largest group and the loop re-derives them with `for_world_size`.
     num_workers: int = 1
+    # Elastic jobs: the smallest group Ray Train may run (None: a fixed worker count).
+    min_workers: int | None = None
     train_samples: int = 0
     full_resolution_px: int = 0
     # "epochs" (plain jobs) or "compute" (curriculum: the schedule's unit is the compute fraction).
     schedule_progress: str = "epochs"
     # None, or how a curriculum lowers the frequency content: "fft" or "resize".
     lowpass_mode: str | None = None
+    # "progressive" when stages carry EfficientNetV2 regularisation (mixup, dropout, ...).
+    curriculum: str | None = None
     baseline_epochs: int = 0
     baseline_images_per_epoch: int = 0
+    # InfoBatch: drop probability r of well-learned samples (0 = no pruning) and the first
+    # epoch that trains on all data again (annealing).
+    prune_ratio: float = 0.0
+    first_full_epoch: int = 0
+
+    def prunes(self, epoch: int) -> bool:
+        """Whether InfoBatch may drop samples in `epoch` (epoch 0 prunes nothing in practice:
+        no sample has a score yet)."""
+        return self.prune_ratio > 0 and epoch < self.first_full_epoch
 
     @property
     def total_epochs(self) -> int:
@@ -99,23 +125,30 @@ class Plan:
                 return stage
         raise IndexError(f"epoch {epoch} is outside the plan (0..{self.total_epochs - 1})")
 
-    def lr_at(self, epoch: int, step: int) -> float:
+    def lr_at(self, epoch: int, step: int, steps_in_epoch: int | None = None) -> float:
         """The learning rate at a step inside an epoch.
 
         Plain plans run the schedule on fractional epochs; curriculum plans on the fraction of
         compute spent, so the many cheap low-resolution steps do not eat the schedule.
+        `steps_in_epoch` is the epoch's true step count when it differs from the plan's (an
+        InfoBatch-pruned epoch is shorter): the epoch's stretch of the schedule is then walked
+        in that many steps instead of being cut off.
         """
         stage = self.stage_of(epoch)
+        steps = steps_in_epoch or stage.steps_per_epoch
         if self.schedule_progress == "compute":
-            progress = self.compute_fraction_at(epoch, step)
+            progress = self.compute_fraction_at(epoch, step, steps)
         else:
-            progress = epoch + step / max(stage.steps_per_epoch, 1)
+            progress = epoch + step / max(steps, 1)
         return stage.peak_lr * lr_multiplier(progress, self.schedule)
 
-    def compute_fraction_at(self, epoch: int, step: int) -> float:
+    def compute_fraction_at(
+        self, epoch: int, step: int, steps_in_epoch: int | None = None
+    ) -> float:
         """Fraction of the plan's actual compute spent before `step` of `epoch`, in [0, 1]."""
         stage = self.stage_of(epoch)
-        epoch_in_stage = epoch - stage.first_epoch + step / max(stage.steps_per_epoch, 1)
+        steps = steps_in_epoch or stage.steps_per_epoch
+        epoch_in_stage = epoch - stage.first_epoch + step / max(steps, 1)
         stages = [
             etpp.Stage(
                 index=s.index,
@@ -176,11 +209,44 @@ class Plan:
                         "steps": stage.steps_per_epoch,
                         "randaug_magnitude": stage.randaug_magnitude,
                         "replay_factor": stage.replay_factor,
+                        "pruning": self.prunes(epoch),
                         "lr_start": self.lr_at(epoch, 0),
                         "lr_end": self.lr_at(epoch, stage.steps_per_epoch),
                     }
                 )
         return rows
+
+    def for_world_size(self, world_size: int) -> Plan:
+        """The plan as a group of `world_size` workers executes it.
+
+        An elastic group can run with fewer workers than planned. The global batch and the
+        epochs stay the job's; each worker's share of the batch and the steps per epoch follow
+        from the actual world size by the same rule `make_plan` uses, so every epoch still
+        trains on (nearly) the whole dataset with the job's global batch.
+        """
+        if world_size == self.num_workers:
+            return self
+        stages = []
+        for stage in self.stages:
+            if stage.global_batch % world_size:
+                raise PlanError(
+                    f"stage {stage.index}: global batch {stage.global_batch} does not split "
+                    f"over {world_size} workers"
+                )
+            per_worker_batch = stage.global_batch // world_size
+            fresh = -(-per_worker_batch // stage.replay_factor)
+            rows_per_worker = self.train_samples // world_size
+            steps = rows_per_worker // fresh
+            if steps == 0:
+                raise PlanError(
+                    f"train.global_batch_size: stage {stage.index} takes {fresh} fresh samples "
+                    f"per worker and step with {world_size} workers, more than the "
+                    f"{rows_per_worker} each holds"
+                )
+            stages.append(
+                replace(stage, per_worker_batch=per_worker_batch, steps_per_epoch=steps)
+            )
+        return replace(self, stages=tuple(stages), num_workers=world_size)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -201,11 +267,35 @@ class PlanError(ValueError):
 def make_plan(job: JobConfig, *, train_samples: int) -> Plan:
     """Turns a validated job and its dataset size into the epoch/step/batch/LR plan.
 
+    InfoBatch pruning is an epoch-level property on top of any plan: which epochs may prune.
+    How many samples a pruned epoch keeps depends on the training losses, so the plan's step
+    counts are upper bounds there and the loop walks each epoch's stretch of the LR schedule in
+    the epoch's true number of steps (`Plan.lr_at(..., steps_in_epoch)`).
+    """
+    plan = _make_plan(job, train_samples=train_samples)
+    scaling = job.scaling
+    if scaling.min_workers < scaling.max_workers:
+        plan = replace(plan, min_workers=scaling.min_workers)
+        for world_size in range(scaling.min_workers, scaling.max_workers):
+            plan.for_world_size(world_size)  # raises PlanError if a group size cannot train
+    if job.infobatch is None:
+        return plan
+    return replace(
+        plan,
+        prune_ratio=job.infobatch.prune_ratio,
+        first_full_epoch=first_full_epoch(job.infobatch.delta, plan.total_epochs),
+    )
+
+
+def _make_plan(job: JobConfig, *, train_samples: int) -> Plan:
+    """The plan without pruning.
+
     Every worker sees `train_samples // num_workers` rows per epoch (Ray Data's equal
     streaming split) and drops its last partial batch, so all workers take the same number of
-    steps, which DDP and `ray.train.report` both require.
+    steps, which DDP and `ray.train.report` both require. Elastic jobs plan for their largest
+    group (`Plan.for_world_size` re-derives smaller ones).
     """
-    workers = job.scaling.num_workers
+    workers = job.scaling.max_workers
     batch = job.train.global_batch_size
     per_worker_batch = batch // workers
     rows_per_worker = train_samples // workers
@@ -216,6 +306,8 @@ def make_plan(job: JobConfig, *, train_samples: int) -> Plan:
             f"({train_samples} samples over {workers} workers = {rows_per_worker} each); "
             f"use at most {rows_per_worker * workers}"
         )
+    if isinstance(job.curriculum, ProgressiveCurriculum):
+        return _progressive_plan(job, train_samples, steps_per_epoch=steps)
     if job.curriculum is not None:
         return _curriculum_plan(job, train_samples, baseline_images_per_epoch=steps * batch)
     schedule = job.train.schedule.model_dump()
@@ -246,7 +338,7 @@ def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_
     """The EfficientTrain++ plan: `plan_stages` resolved into whole epochs and steps."""
     curriculum = job.curriculum
     full_px = job.data.image_size_px
-    workers = job.scaling.num_workers
+    workers = job.scaling.max_workers
     batch = job.train.global_batch_size
     lr = job.train.optimizer.lr
     if isinstance(curriculum, EtppCurriculum):
@@ -268,7 +360,9 @@ def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_
         magnitudes = [0.0] * len(resolutions)
     max_batch = curriculum.max_global_batch or batch
     # No cap means the largest LR the square-root rule can produce for these batches.
-    lr_max = curriculum.lr_max or lr * math.sqrt(max([max_batch, *overrides.values()]) / batch)
+    lr_max = curriculum.lr_max or lr * (max([max_batch, *overrides.values()]) / batch) ** (
+        curriculum.lr_alpha
+    )
     try:
         stages = etpp.plan_stages(
             resolutions,
@@ -280,9 +374,11 @@ def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_
             lr_full=lr,
             max_batch=max_batch,
             lr_max=max(lr_max, lr),
-            num_workers=workers,
+            # Early-Large-Batch batches must split over every elastic group size.
+            num_workers=job.scaling.worker_multiple,
             batch_overrides=overrides,
             compute_shares=shares,
+            lr_alpha=curriculum.lr_alpha,
         )
     except ValueError as err:
         raise PlanError(f"curriculum: {err}") from None
@@ -347,10 +443,86 @@ def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_
     )
 
 
+def _progressive_plan(job: JobConfig, train_samples: int, *, steps_per_epoch: int) -> Plan:
+    """EfficientNetV2 progressive learning: `progressive_stages` as plan stages.
+
+    Batch, steps and peak LR are the plain job's in every stage and the LR schedule runs on
+    epochs (the stages split `train.epochs`). Each stage has its own Ray Data pipeline that
+    resizes to the stage's size after augmenting; evaluation at the end is at the last
+    stage's size, which is the plan's full resolution. RandAugment magnitudes above timm's
+    maximum of 10 (the M and L releases' 15 and 20) are clipped to 10.
+    """
+    from rayaccel.methods.progressive import progressive_stages
+
+    workers = job.scaling.max_workers
+    batch = job.train.global_batch_size
+    settings = progressive_settings(job.curriculum)
+    stages = progressive_stages(**settings, total_epochs=job.train.epochs)
+    total = sum(s.epochs * s.size_px**2 for s in stages)
+    planned = tuple(
+        StagePlan(
+            index=s.index,
+            first_epoch=s.start_epoch,
+            num_epochs=s.epochs,
+            resolution_px=s.size_px,
+            global_batch=batch,
+            per_worker_batch=batch // workers,
+            steps_per_epoch=steps_per_epoch,
+            peak_lr=job.train.optimizer.lr,
+            randaug_magnitude=min(s.randaug_magnitude, 10.0),
+            planned_data_epochs=float(s.epochs),
+            compute_share=s.epochs * s.size_px**2 / total,
+            dataset=f"train_s{s.index}",
+            mixup_alpha=s.mixup_alpha,
+            cutmix_alpha=s.cutmix_alpha,
+            dropout_rate=s.dropout_rate,
+            drop_path_rate=s.drop_path_rate,
+        )
+        for s in stages
+    )
+    schedule = job.train.schedule.model_dump()
+    if isinstance(job.train.schedule, CosineSchedule):
+        schedule["total_epochs"] = job.train.epochs
+    return Plan(
+        stages=planned,
+        schedule=schedule,
+        num_workers=workers,
+        train_samples=train_samples,
+        full_resolution_px=stages[-1].size_px,
+        lowpass_mode="resize",
+        baseline_epochs=job.train.epochs,
+        baseline_images_per_epoch=steps_per_epoch * batch,
+        curriculum="progressive",
+    )
+
+
 def format_plan(plan: Plan) -> str:
     """The plan as a fixed-width table with totals underneath (per stage for a curriculum)."""
-    if plan.schedule_progress == "compute":
-        return _format_curriculum_plan(plan)
+    if plan.curriculum == "progressive":
+        return _format_progressive_plan(plan)
+    table = (
+        _format_curriculum_plan(plan)
+        if plan.schedule_progress == "compute"
+        else _format_epochs(plan)
+    )
+    if plan.prune_ratio > 0:
+        weight = 1 / (1 - plan.prune_ratio)
+        last_pruned, total = plan.first_full_epoch, plan.total_epochs
+        annealing = (
+            f"epochs {last_pruned + 1}-{total} train on all data"
+            if last_pruned < total
+            else "no epoch trains on all data (delta = 1)"
+        )
+        table += (
+            f"\nInfoBatch: epochs 1-{last_pruned} drop each below-mean-loss sample with "
+            f"probability {plan.prune_ratio:g} (kept ones weigh {weight:.4g}); {annealing}. "
+            "Epoch 1 prunes nothing (no losses yet); steps and compute above are the unpruned "
+            "upper bounds."
+        )
+    return table
+
+
+def _format_epochs(plan: Plan) -> str:
     header = ("epoch", "stage", "res_px", "batch", "per_worker", "steps", "lr_start", "lr_end")
     lines = ["{:>5} {:>5} {:>6} {:>6} {:>10} {:>6} {:>10} {:>10}".format(*header)]
     for row in plan.epoch_rows():
@@ -361,10 +533,44 @@ def format_plan(plan: Plan) -> str:
         )
     lines.append(
         f"total: {plan.total_epochs} epochs, {plan.total_steps} steps, "
-        f"{plan.train_samples} training samples on {plan.num_workers} worker(s); "
+        f"{plan.train_samples} training samples on {_workers_text(plan)}; "
         f"compute {plan.compute_relative_to_full():.3f}x of all epochs at "
         f"{plan.full_resolution_px}px"
     )
+    return "\n".join(lines)
+
+
+def _format_progressive_plan(plan: Plan) -> str:
+    header = (
+        "stage", "epochs", "res_px", "randaug", "mixup", "cutmix", "dropout", "drop_path",
+        "batch", "steps", "lr_start", "lr_end",
+    )  # fmt: skip
+    template = "{:>5} {:>7} {:>6} {:>7} {:>6} {:>6} {:>7} {:>9} {:>6} {:>6} {:>9} {:>9}"
+    lines = [template.format(*header)]
+    for stage in plan.stages:
+        lines.append(
+            template.format(
+                stage.index,
+                f"{stage.first_epoch}-{stage.end_epoch - 1}",
+                stage.resolution_px,
+                f"{stage.randaug_magnitude:.3g}",
+                f"{stage.mixup_alpha:.3g}",
+                f"{stage.cutmix_alpha:.3g}",
+                f"{stage.dropout_rate:.3g}",
+                f"{stage.drop_path_rate:.3g}",
+                stage.global_batch,
+                stage.steps_per_epoch,
+                f"{plan.lr_at(stage.first_epoch, 0):.4g}",
+                f"{plan.lr_at(stage.end_epoch - 1, stage.steps_per_epoch):.4g}",
+            )
+        )
+    lines += [
+        "progressive learning (EfficientNetV2): images resized to res_px in Ray Data after "
+        f"augmenting; the final evaluation is at {plan.full_resolution_px}px",
+        f"total: {plan.total_epochs} epochs, {plan.total_steps} steps, {plan.train_samples} "
+        f"training samples on {_workers_text(plan)}; compute "
+        f"{plan.compute_relative_to_full():.3f}x of all epochs at {plan.full_resolution_px}px",
+    ]
     return "\n".join(lines)
 
 
@@ -401,9 +607,18 @@ def _format_curriculum_plan(plan: Plan) -> str:
         f"low-frequency mode: {plan.lowpass_mode}; LR: warmup for {warmup:.3f} of the compute, "
         "then cosine, both on the fraction of compute spent",
         f"total: {plan.total_epochs} epochs, {plan.total_steps} steps, {plan.train_samples} "
-        f"training samples on {plan.num_workers} worker(s); compute "
+        f"training samples on {_workers_text(plan)}; compute "
         f"{plan.compute_relative_to_baseline():.3f}x of the baseline ({plan.baseline_epochs} "
         f"epochs at {plan.full_resolution_px}px; planned "
         f"{plan.planned_compute_relative_to_baseline():.3f}x before rounding epochs)",
     ]
     return "\n".join(lines)
+
+
+def _workers_text(plan: Plan) -> str:
+    if plan.min_workers is None:
+        return f"{plan.num_workers} worker(s)"
+    return (
+        f"{plan.min_workers}-{plan.num_workers} workers (elastic; per-worker batch and steps "
+        f"shown for {plan.num_workers}, the loop derives them from the running group's size)"
+    )

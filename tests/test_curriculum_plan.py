@@ -206,7 +206,10 @@ def test_without_curriculum_the_plan_is_one_full_resolution_stage():
             {"budget_epochs": 4, "stages": [{"resolution_px": 14, "global_batch_size": 5}]},
             "curriculum.stages.0.global_batch_size: must be a multiple of scaling.num_workers=2",
         ),
-        ({"budget_epochs": 4, "preset": "ours"}, "curriculum.preset: must be 'et++' or 'custom'"),
+        (
+            {"budget_epochs": 4, "preset": "ours"},
+            "curriculum.preset: must be 'et++', 'custom' or 'progressive'",
+        ),
         ({"budget_epochs": 4, "family": "vgg"}, "curriculum.family"),
         ({"budget_epochs": 4, "max_global_batch": 4}, "curriculum.max_global_batch: must be >="),
         ({"budget_epochs": 4, "lr_max": 0.1}, "curriculum.lr_max: must be >= train.optimizer.lr"),

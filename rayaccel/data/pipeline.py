@@ -97,12 +97,16 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
         images = rand_augment(images, spec.randaug_magnitude, rng)
     if spec.output_size_px is not None:
         images = resize_antialias(images, spec.output_size_px)
-    return {
+    out = {
         "image": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
         "label": labels,
         "index": indices,
         "bad": bad,
     }
+    # Columns added before decoding (InfoBatch's `loss_weight`) travel with their rows.
+    for name in batch.keys() - {"image", "label", "index", "path"}:
+        out[name] = np.asarray(batch[name])
+    return out
 
 
 def random_crop(images: np.ndarray, padding_px: int, rng: np.random.Generator) -> np.ndarray:
@@ -147,6 +151,8 @@ def build_dataset(
     shuffle_seed: int | None,
     preprocess_cpus: float,
     decode_batch_rows: int,
+    row_filter=None,
+    row_filter_kwargs: dict | None = None,
 ):
     """The Ray Data pipeline for one split.
 
@@ -159,6 +165,10 @@ def build_dataset(
         preprocess_cpus: CPUs each decode task reserves; set explicitly because a default
             1-CPU task may never schedule next to fractional training workers.
         decode_batch_rows: Rows per decode task call.
+        row_filter: Optional `map_batches` function run right after the read, before the
+            shuffle and decoding, so rows it drops cost no decode work (InfoBatch's
+            `keep_rows`); it may add columns, which reach the workers.
+        row_filter_kwargs: Keyword arguments of `row_filter`.
     """
     import ray.data
     from ray.data import RandomSeedConfig
@@ -173,6 +183,14 @@ def build_dataset(
         include_paths=True,
         num_cpus=preprocess_cpus,
     )
+    if row_filter is not None:
+        ds = ds.map_batches(
+            row_filter,
+            fn_kwargs=row_filter_kwargs or {},
+            batch_size=decode_batch_rows,
+            batch_format="numpy",
+            num_cpus=preprocess_cpus,
+        )
     if shuffle_seed is not None:
         ds = ds.random_shuffle(
             seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True)

@@ -184,6 +184,7 @@ def plan_stages(
     num_workers: int,
     batch_overrides: Mapping[int, int] | None = None,
     compute_shares: Sequence[float] | None = None,
+    lr_alpha: float = 0.5,
 ) -> list[Stage]:
     """Resolves a stage list: equal compute per stage, Early Large Batch, square-root LR.
 
@@ -213,6 +214,8 @@ def plan_stages(
             positive multiple of ``num_workers``. ``None`` means no overrides.
         compute_shares: Optional relative compute per stage (positive; normalised to sum to 1),
             for custom schedules. ``None`` means equal shares, the EfficientTrain++ rule.
+        lr_alpha: Exponent of the LR rule ``lr_full * (batch_B / batch_full) ** lr_alpha``;
+            0.5 is the square-root rule, other values come from an LR-scaling search.
 
     Returns:
         One ``Stage`` per resolution, in order.
@@ -305,7 +308,7 @@ def plan_stages(
                 data_epochs=budget_epochs * shares[i] * float(area_ratio),
                 replay_factor=replay_factor,
                 batch_size=batch,
-                lr=min(lr_full * math.sqrt(batch / batch_full), lr_max),
+                lr=min(lr_full * (batch / batch_full) ** lr_alpha, lr_max),
             )
         )
     return stages

@@ -19,6 +19,7 @@ live. Hooks get plain arguments from the runner and never read the job.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,10 @@ class StepBatch:
     images: Tensor
     labels: Tensor
     indices: Tensor
+    # Per-sample loss weights (InfoBatch's 1 or 1/(1-r)); None means all 1.
+    weights: Tensor | None = None
+    # Soft (N, num_classes) targets replacing `labels` in the loss (mixup/cutmix); None: labels.
+    targets: Tensor | None = None
 
 
 class Hook:
@@ -46,6 +51,10 @@ class Hook:
 
     def on_epoch_start(self, epoch: int) -> None:
         pass
+
+    def epoch_samples(self, samples: int) -> int:
+        """How many training rows this epoch's Ray Data pass yields (pruning makes it fewer)."""
+        return samples
 
     def on_batch(self, batch: StepBatch) -> StepBatch:
         return batch
@@ -67,6 +76,10 @@ class Hook:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def evaluation_weights(self) -> AbstractContextManager:
+        """Context the loop evaluates in (EMA swaps its averaged weights in)."""
+        return nullcontext()
 
 
 class LowPassCropHook(Hook):
@@ -157,14 +170,15 @@ class ReplayHook(Hook):
                 device=self.device,
                 seed=self._epoch_seed(),
             )
-        images, labels, indices = self.buffer.mix(
+        images, labels, indices, weights = self.buffer.mix_weighted(
             batch.images,
             batch.labels,
             batch.indices,
+            batch.weights,
             replay_factor=self.replay_factor,
             batch_size=self.batch_size,
         )
-        return StepBatch(images, labels, indices)
+        return StepBatch(images, labels, indices, weights if batch.weights is not None else None)
 
 
 class MethodHooks:
@@ -180,6 +194,11 @@ class MethodHooks:
     def on_epoch_start(self, epoch: int) -> None:
         for hook in self.hooks:
             hook.on_epoch_start(epoch)
+
+    def epoch_samples(self, samples: int) -> int:
+        for hook in self.hooks:
+            samples = hook.epoch_samples(samples)
+        return samples
 
     def on_batch(self, batch: StepBatch) -> StepBatch:
         for hook in self.hooks:
@@ -213,6 +232,12 @@ class MethodHooks:
         for hook in self.hooks:
             hook.load_state_dict(state.get(type(hook).__name__, {}))
 
+    def evaluation_weights(self) -> AbstractContextManager:
+        stack = ExitStack()
+        for hook in self.hooks:
+            stack.enter_context(hook.evaluation_weights())
+        return stack
+
 
 def build_hooks(
     *,
@@ -221,6 +246,11 @@ def build_hooks(
     replay_dtype: str,
     device: torch.device,
     seed: int,
+    infobatch_board=None,
+    rank: int = 0,
+    worker_augment: Hook | None = None,
+    regularisation: Hook | None = None,
+    ema: Hook | None = None,
 ) -> MethodHooks:
     """The hooks of a run, in the order their rules require.
 
@@ -234,8 +264,17 @@ def build_hooks(
         replay_dtype: "uint8" or "fp16".
         device: The worker's device.
         seed: Per-worker seed of the replay draws.
+        infobatch_board: The run's InfoBatch `ScoreBoard` actor, or None without pruning.
+        rank: This worker's world rank.
+
+    Rule: InfoBatch comes last, so it records the losses of exactly the samples trained
+    (replayed ones included: a replayed sample carries the weight it arrived with).
     """
-    hooks: list[Hook] = []
+    # Rules of the recipe hooks (`rayaccel.methods.recipe_hooks`): worker augmentation comes
+    # first, so a uint8 replay buffer stores augmented pixels like Ray Data's; regularisation
+    # (mixup/cutmix) after the low-pass crop and replay, so replayed samples get new partners;
+    # the EMA's only point is after the optimizer step, so its place is free.
+    hooks: list[Hook] = [worker_augment] if worker_augment is not None else []
     if lowpass_mode == "fft":
         hooks.append(LowPassCropHook())
     if replay_capacity_samples > 0:
@@ -245,4 +284,9 @@ def build_hooks(
                 capacity_samples=replay_capacity_samples, dtype=dtype, device=device, seed=seed
             )
         )
+    hooks += [hook for hook in (regularisation, ema) if hook is not None]
+    if infobatch_board is not None:
+        from rayaccel.train.pruning import InfoBatchHook
+
+        hooks.append(InfoBatchHook(infobatch_board, rank=rank))
     return MethodHooks(hooks)

@@ -54,6 +54,12 @@ import torch.distributed as dist
 _PAD_INDEX = -1
 
 
+def first_full_epoch(delta: float, total_epochs: int) -> int:
+    """First annealed (full-data) epoch: ``ceil(delta * total_epochs)``, rounded to 9 decimals
+    first so that e.g. 0.7 * 10 = 7.000000000000001 counts as 7."""
+    return math.ceil(round(delta * total_epochs, 9))
+
+
 def _check_indices(indices: np.ndarray, num_samples: int, what: str) -> None:
     """Raise if ``indices`` is not a 1-D int64 array of valid sample indices.
 
@@ -259,8 +265,8 @@ class InfoBatchScoreBoard:
 
     @property
     def first_full_epoch(self) -> int:
-        """First annealed epoch: ``ceil(delta * total_epochs)``, rounded to 9 decimals first."""
-        return math.ceil(round(self.delta * self.total_epochs, 9))
+        """First annealed epoch (see :func:`first_full_epoch`)."""
+        return first_full_epoch(self.delta, self.total_epochs)
 
     @property
     def scores(self) -> np.ndarray:

@@ -91,6 +91,8 @@ class ReplayBuffer:
         )
         self._labels = torch.empty(capacity_samples, dtype=torch.int64, device=self.device)
         self._indices = torch.empty(capacity_samples, dtype=torch.int64, device=self.device)
+        # Loss weights (e.g. InfoBatch's), so a replayed sample weighs what it did when fresh.
+        self._weights = torch.ones(capacity_samples, dtype=torch.float32, device=self.device)
         self._next_slot = 0
         self._count = 0
         self._generator = torch.Generator(device=self.device)
@@ -100,7 +102,9 @@ class ReplayBuffer:
         """Number of samples currently stored."""
         return self._count
 
-    def add(self, images: Tensor, labels: Tensor, indices: Tensor) -> None:
+    def add(
+        self, images: Tensor, labels: Tensor, indices: Tensor, weights: Tensor | None = None
+    ) -> None:
         """Appends samples, evicting the oldest ones beyond capacity.
 
         Args:
@@ -108,15 +112,21 @@ class ReplayBuffer:
                 images are refused by a uint8 buffer, which would silently truncate them).
             labels: Integer class labels shaped ``(n,)``.
             indices: Integer dataset sample indices shaped ``(n,)``.
+            weights: Per-sample loss weights shaped ``(n,)``; None stores weight 1.
 
         Raises:
             ValueError: If shapes or dtypes do not match the buffer.
         """
         n_samples = self._check_batch(images, labels, indices)
+        if weights is None:
+            weights = torch.ones(n_samples, dtype=torch.float32, device=self.device)
+        elif weights.shape != (n_samples,):
+            raise ValueError(f"weights must be shaped ({n_samples},), got {tuple(weights.shape)}")
         if n_samples > self.capacity_samples:
             images = images[-self.capacity_samples :]
             labels = labels[-self.capacity_samples :]
             indices = indices[-self.capacity_samples :]
+            weights = weights[-self.capacity_samples :]
             n_samples = self.capacity_samples
         n_before_wrap = min(n_samples, self.capacity_samples - self._next_slot)
         for src_start, dst_start, length in (
@@ -129,6 +139,7 @@ class ReplayBuffer:
             self._images[dst].copy_(images[src])
             self._labels[dst].copy_(labels[src])
             self._indices[dst].copy_(indices[src])
+            self._weights[dst].copy_(weights[src])
         self._next_slot = (self._next_slot + n_samples) % self.capacity_samples
         self._count = min(self._count + n_samples, self.capacity_samples)
 
@@ -156,13 +167,16 @@ class ReplayBuffer:
         """
         if not isinstance(n_samples, int) or n_samples < 0:
             raise ValueError(f"n_samples must be an int >= 0, got {n_samples!r}")
+        slots = self._draw_slots(n_samples)
+        return self._images[slots], self._labels[slots], self._indices[slots]
+
+    def _draw_slots(self, n_samples: int) -> Tensor:
         if self._count == 0:
             raise RuntimeError("ReplayBuffer is empty: add() samples before sample()")
         # Slots [0, count) are exactly the filled ones, whether or not the ring has wrapped.
-        slots = torch.randint(
+        return torch.randint(
             self._count, (n_samples,), generator=self._generator, device=self.device
         )
-        return self._images[slots], self._labels[slots], self._indices[slots]
 
     def mix(
         self,
@@ -197,6 +211,25 @@ class ReplayBuffer:
             ValueError: If ``n_fresh`` is not in ``[1, fresh_chunk_size(batch_size, R)]`` or the
                 inputs do not match the buffer.
         """
+        return self.mix_weighted(
+            fresh_images, fresh_labels, fresh_indices, None, replay_factor, batch_size
+        )[:3]
+
+    def mix_weighted(
+        self,
+        fresh_images: Tensor,
+        fresh_labels: Tensor,
+        fresh_indices: Tensor,
+        fresh_weights: Tensor | None,
+        replay_factor: int,
+        batch_size: int,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`mix` that also carries per-sample loss weights through the buffer.
+
+        Returns ``(images, labels, indices, weights)``; replayed samples keep the weight they
+        were added with (1 where ``fresh_weights`` was None), so a method that weights
+        samples (InfoBatch) stays unbiased when they are replayed.
+        """
         max_fresh = fresh_chunk_size(batch_size, replay_factor)
         n_fresh = fresh_images.shape[0]
         if not 1 <= n_fresh <= max_fresh:
@@ -204,15 +237,18 @@ class ReplayBuffer:
                 f"fresh_images must hold between 1 and fresh_chunk_size(batch_size={batch_size}, "
                 f"replay_factor={replay_factor}) = {max_fresh} samples, got {n_fresh}"
             )
+        if fresh_weights is None:
+            fresh_weights = torch.ones(n_fresh, dtype=torch.float32, device=fresh_images.device)
         if replay_factor == 1:
-            return fresh_images, fresh_labels, fresh_indices
-        self.add(fresh_images, fresh_labels, fresh_indices)
+            return fresh_images, fresh_labels, fresh_indices, fresh_weights
+        self.add(fresh_images, fresh_labels, fresh_indices, fresh_weights.to(self.device))
         n_replay = min((replay_factor - 1) * n_fresh, batch_size - n_fresh)
-        replay_images, replay_labels, replay_indices = self.sample(n_replay)
+        slots = self._draw_slots(n_replay)
         return (
-            torch.cat((fresh_images.to(self.device), replay_images.to(fresh_images.dtype))),
-            torch.cat((fresh_labels.to(self.device, torch.int64), replay_labels)),
-            torch.cat((fresh_indices.to(self.device, torch.int64), replay_indices)),
+            torch.cat((fresh_images.to(self.device), self._images[slots].to(fresh_images.dtype))),
+            torch.cat((fresh_labels.to(self.device, torch.int64), self._labels[slots])),
+            torch.cat((fresh_indices.to(self.device, torch.int64), self._indices[slots])),
+            torch.cat((fresh_weights.to(self.device, torch.float32), self._weights[slots])),
         )
 
     def contents(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -26,8 +26,10 @@ import torch.nn.functional as F
 
 from rayaccel.methods.frequency import lowpass_crop
 from rayaccel.methods.hooks import StepBatch, build_hooks
+from rayaccel.methods.tta import predict_with_tta
 from rayaccel.models import build_model
 from rayaccel.plan import Plan
+from rayaccel.train import recipe
 from rayaccel.train.checkpoint import (
     TrainState,
     load_checkpoint,
@@ -35,7 +37,7 @@ from rayaccel.train.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from rayaccel.train.optim import build_optimizer
+from rayaccel.train.shard_audit import ShardAudit
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,25 @@ class LoopSettings:
     # Replay buffer per worker (used by stages with replay factor > 1).
     replay_capacity_samples: int = 0
     replay_dtype: str = "uint8"
+    # Checkpoint (path or URI) to continue from when the run has none of its own: a search
+    # trial continues from the previous stage's best checkpoint instead of retraining it.
+    start_checkpoint: str | None = None
+    # Train only the epochs before this one (a search trial trains one curriculum stage of
+    # the full plan, so its LR schedule is the full curriculum's); None: the whole plan.
+    stop_epoch: int | None = None
+    # "ray" (Ray Data every epoch) or "device" (each worker's part decoded once onto its
+    # device); `data_source` is {"train", "val", "spec"} (rayaccel.train.recipe).
+    data_mode: str = "ray"
+    data_source: dict | None = None
+    # Fast-training tricks and progressive learning as plain dicts (None: off); see
+    # rayaccel.train.recipe for their keys.
+    model_tricks: dict | None = None
+    whitening: dict | None = None
+    bn_bias: dict | None = None
+    lookahead: dict | None = None
+    ema: dict | None = None
+    tta: dict | None = None
+    worker_augment: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,23 +91,47 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train_loop_per_worker(config: dict) -> dict:
+    config = dict(config)
+    # Actor handles travel beside the plain settings (a dataclass copy would deep-copy them).
+    infobatch_board = config.pop("infobatch_board", None)
     settings = LoopSettings(**config)
-    plan = Plan.from_dict(settings.plan)
     context = ray.train.get_context()
+    # An elastic group may run with fewer workers than planned: the per-worker batch and the
+    # steps follow the actual world size, the global batch stays the job's.
+    plan = Plan.from_dict(settings.plan).for_world_size(context.get_world_size())
     rank = context.get_world_rank()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(settings.torch_threads)
     torch.manual_seed(settings.seed)
 
+    device_data = {}
+    if settings.data_mode == "device":
+        device_data = recipe.load_device_data(
+            settings.data_source,
+            rank=rank,
+            world_size=context.get_world_size(),
+            device=device,
+            seed=settings.seed,
+        )
     model = build_model(
         settings.model_name,
         num_classes=settings.num_classes,
         in_chans=settings.in_chans,
         **settings.model_kwargs,
     )
+    model = recipe.transform_model(
+        model,
+        settings.model_tricks or {},
+        whitening=settings.whitening,
+        source=settings.data_source,
+        mean=settings.mean,
+        std=settings.std,
+    )
     model = ray.train.torch.prepare_model(model)
-    optimizer = build_optimizer(model, **settings.optimizer)
+    optimizer = recipe.build_recipe_optimizer(
+        model, settings.optimizer, bn_bias=settings.bn_bias, lookahead=settings.lookahead
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
     mean = torch.tensor(settings.mean, device=device).view(1, -1, 1, 1) * 255
     std = torch.tensor(settings.std, device=device).view(1, -1, 1, 1) * 255
@@ -96,10 +141,24 @@ def train_loop_per_worker(config: dict) -> dict:
         replay_dtype=settings.replay_dtype,
         device=device,
         seed=settings.seed * 1000 + rank,
+        infobatch_board=infobatch_board,
+        rank=rank,
+        **recipe.recipe_hooks(
+            model,
+            worker_augment=settings.worker_augment,
+            ema=settings.ema,
+            progressive=plan.curriculum == "progressive",
+            num_classes=settings.num_classes,
+            seed=settings.seed,
+            rank=rank,
+            device=device,
+        ),
     )
 
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and settings.start_checkpoint is not None:
+        checkpoint = ray.train.Checkpoint(settings.start_checkpoint)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(
@@ -113,17 +172,20 @@ def train_loop_per_worker(config: dict) -> dict:
         if rank == 0:
             _say(f"[rayaccel] resumed from checkpoint: next epoch {state.next_epoch}")
 
-    shards: dict = {}  # Ray Data shards by dataset name; each name is fetched once
+    # Ray Data shards (or device-resident datasets) by name; each name is fetched once
+    shards: dict = {}
 
     def shard(name: str):
         if name not in shards:
-            shards[name] = ray.train.get_dataset_shard(name)
+            in_device = name in device_data
+            shards[name] = device_data[name] if in_device else ray.train.get_dataset_shard(name)
         return shards[name]
 
     progress = _Progress(plan, enabled=rank == 0, every_steps=settings.log_every_steps)
     stage_index = None
 
-    for epoch in range(state.next_epoch, plan.total_epochs):
+    end_epoch = settings.stop_epoch or plan.total_epochs
+    for epoch in range(state.next_epoch, end_epoch):
         stage = plan.stage_of(epoch)
         if stage.index != stage_index:
             stage_index = stage.index
@@ -133,16 +195,22 @@ def train_loop_per_worker(config: dict) -> dict:
         started_s = time.perf_counter()
         # loss, correct, trained images, bad rows, fresh images
         sums = torch.zeros(5, dtype=torch.float64, device=device)
+        audit = ShardAudit()  # this worker's share of the epoch, for the `workers` metrics
         batches = shard(stage.dataset).iter_torch_batches(
             batch_size=stage.fresh_per_worker_batch, drop_last=True, prefetch_batches=2
         )
+        # A pruned epoch is shorter than the plan's; the LR schedule walks its stretch in the
+        # true number of steps (every worker gets an equal share of the epoch's rows).
+        epoch_rows = hooks.epoch_samples(plan.train_samples) // context.get_world_size()
+        steps = min(stage.steps_per_epoch, epoch_rows // stage.fresh_per_worker_batch)
         for step, batch in enumerate(batches):
-            if step >= stage.steps_per_epoch:
+            if step >= steps:
                 break
-            lr = plan.lr_at(epoch, step)
+            lr = plan.lr_at(epoch, step, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             fresh = _unpack(batch, device)
+            audit.add(batch["index"], batch["bad"])
             step_batch = hooks.on_batch(fresh)
             step_batch.images = (step_batch.images.float() - mean) / std
             step_batch = hooks.on_inputs(step_batch)
@@ -155,7 +223,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 logits = model(step_batch.images)
                 losses = F.cross_entropy(
                     logits.float(),
-                    labels,
+                    labels if step_batch.targets is None else step_batch.targets,
                     label_smoothing=settings.label_smoothing,
                     reduction="none",
                 )
@@ -169,14 +237,16 @@ def train_loop_per_worker(config: dict) -> dict:
                 count = labels.numel()
                 sums += torch.stack(
                     [
-                        loss.detach().double() * count,
+                        # The plain per-sample loss: method weights (InfoBatch) would
+                        # inflate it and make runs incomparable.
+                        losses.detach().double().sum(),
                         (logits.argmax(1) == labels).sum().double(),
                         torch.tensor(count, dtype=torch.float64, device=device),
                         batch["bad"].sum().to(device, torch.float64),
                         torch.tensor(fresh.labels.numel(), dtype=torch.float64, device=device),
                     ]
                 )
-            progress.step(epoch, step, loss, images_in_step=stage.global_batch)
+            progress.step(epoch, step, loss, images_in_step=stage.global_batch, steps=steps)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(sums)
         epoch_time_s = time.perf_counter() - started_s
@@ -187,19 +257,21 @@ def train_loop_per_worker(config: dict) -> dict:
             fresh_images_seen=state.fresh_images_seen + int(fresh_count),
         )
 
-        last = epoch + 1 == plan.total_epochs
+        last = epoch + 1 == end_epoch
         val_metrics = {}
         if settings.has_val and (last or (epoch + 1) % settings.eval_every_epochs == 0):
             val_px = plan.full_resolution_px if last else stage.resolution_px
-            val_metrics = evaluate(
-                model,
-                shard(plan.val_dataset(val_px)),
-                mean,
-                std,
-                device,
-                stage.per_worker_batch,
-                resolution_px=val_px,
-            )
+            with hooks.evaluation_weights():
+                val_metrics = evaluate(
+                    model,
+                    shard(plan.val_dataset(val_px)),
+                    mean,
+                    std,
+                    device,
+                    stage.per_worker_batch,
+                    resolution_px=val_px,
+                    tta=settings.tta,
+                )
         metrics = {
             "epoch": epoch,
             "stage": stage.index,
@@ -207,7 +279,8 @@ def train_loop_per_worker(config: dict) -> dict:
             "global_batch": stage.global_batch,
             "randaug_magnitude": stage.randaug_magnitude,
             "replay_factor": stage.replay_factor,
-            "lr": plan.lr_at(epoch, stage.steps_per_epoch - 1),
+            "lr": plan.lr_at(epoch, steps - 1, steps),
+            "steps": steps,
             "train_loss": loss_sum / max(count, 1),
             "train_acc": correct / max(count, 1),
             "train_images": int(count),
@@ -217,6 +290,9 @@ def train_loop_per_worker(config: dict) -> dict:
             "images_per_s": count / epoch_time_s,
             "images_seen": state.images_seen,
             "fresh_images_seen": state.fresh_images_seen,
+            "world_size": context.get_world_size(),
+            # Per worker; the controller's MetricsLog gathers them into one `workers` list.
+            "worker": audit.facts(rank=rank, node_id=ray.get_runtime_context().get_node_id()),
             **hooks.on_epoch_end(),
             **({"val_" + k: v for k, v in val_metrics.items()} if val_metrics else {}),
         }
@@ -229,18 +305,24 @@ def _unpack(batch: dict, device: torch.device) -> StepBatch:
     images = batch["image"].to(device, non_blocking=True)
     labels = batch["label"].to(device, non_blocking=True)
     indices = batch["index"].to(device, non_blocking=True)
+    weights = batch.get("loss_weight")
+    weights = weights.to(device, non_blocking=True) if weights is not None else None
     bad = batch["bad"].to(device).bool()
     if bad.any():
         images, labels, indices = images[~bad], labels[~bad], indices[~bad]
-    return StepBatch(images, labels, indices)
+        weights = weights[~bad] if weights is not None else None
+    return StepBatch(images, labels, indices, weights)
 
 
 @torch.no_grad()
-def evaluate(model, shard, mean, std, device, batch_size: int, *, resolution_px: int) -> dict:
+def evaluate(
+    model, shard, mean, std, device, batch_size: int, *, resolution_px: int, tta: dict | None = None
+) -> dict:
     """Top-1 accuracy and loss over this worker's part of the validation split, reduced.
 
     Batches larger than `resolution_px` are low-pass cropped to it (the `fft` mode evaluates
-    low-resolution stages on the full-resolution split).
+    low-resolution stages on the full-resolution split). With `tta` ({"flip", "translate_px"})
+    the logits are averaged over flipped and shifted views (`predict_with_tta`).
 
     Runs the bare module: DDP would broadcast buffers on every forward, a collective that
     hangs when workers hold different numbers of validation batches.
@@ -254,7 +336,7 @@ def evaluate(model, shard, mean, std, device, batch_size: int, *, resolution_px:
         inputs = (images.float() - mean) / std
         if inputs.shape[-1] != resolution_px:
             inputs = lowpass_crop(inputs, resolution_px)
-        logits = net(inputs).float()
+        logits = predict_with_tta(net, inputs, **tta) if tta else net(inputs).float()
         sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         sums[1] += (logits.argmax(1) == labels).sum()
         sums[2] += labels.numel()
@@ -305,23 +387,24 @@ class _Progress:
         self.window_images = 0
         self.window_fraction: float | None = None
 
-    def step(self, epoch: int, step: int, loss: torch.Tensor, *, images_in_step: int) -> None:
+    def step(
+        self, epoch: int, step: int, loss: torch.Tensor, *, images_in_step: int, steps: int
+    ) -> None:
         if not self.enabled:
             return
         if self.window_fraction is None:
-            self.window_fraction = self.plan.compute_fraction_at(epoch, step)
+            self.window_fraction = self.plan.compute_fraction_at(epoch, step, steps)
         self.window_images += images_in_step
-        stage = self.plan.stage_of(epoch)
-        if (step + 1) % self.every_steps and step + 1 != stage.steps_per_epoch:
+        if (step + 1) % self.every_steps and step + 1 != steps:
             return
         elapsed_s = time.perf_counter() - self.window_start_s
         rate = self.window_images / max(elapsed_s, 1e-9)
-        fraction = self.plan.compute_fraction_at(epoch, step + 1)
+        fraction = self.plan.compute_fraction_at(epoch, step + 1, steps)
         fraction_per_s = (fraction - self.window_fraction) / max(elapsed_s, 1e-9)
         eta_s = (1 - fraction) / max(fraction_per_s, 1e-12)
         _say(
             f"[rayaccel] epoch {epoch + 1}/{self.plan.total_epochs} "
-            f"step {step + 1}/{stage.steps_per_epoch} loss {loss.item():.4f} "
+            f"step {step + 1}/{steps} loss {loss.item():.4f} "
             f"{rate:,.0f} img/s ETA {_duration(eta_s)}"
         )
         self.window_start_s = time.perf_counter()

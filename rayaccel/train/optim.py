@@ -57,6 +57,7 @@ def build_optimizer(
     nesterov: bool = True,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    groups: list[dict] | None = None,
 ) -> torch.optim.Optimizer:
     """Build SGD (Nesterov momentum) or AdamW over :func:`param_groups`.
 
@@ -71,6 +72,8 @@ def build_optimizer(
         nesterov: Use Nesterov momentum in SGD (the fast-CIFAR recipes do); ignored by AdamW.
         betas: AdamW moment decay rates; ignored by SGD.
         eps: AdamW denominator term; ignored by SGD.
+        groups: Parameter groups, each with ``params``, ``weight_decay`` and ``lr_scale``
+            (e.g. ``frozen_bn.bn_bias_param_groups``); None means :func:`param_groups`.
 
     Raises:
         ValueError: If ``name`` is unknown, ``lr`` is not positive or ``weight_decay`` is
@@ -83,7 +86,8 @@ def build_optimizer(
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
 
-    groups = param_groups(model, weight_decay)
+    if groups is None:
+        groups = param_groups(model, weight_decay)
     for group in groups:
         group["initial_lr"] = lr * group["lr_scale"]
         group["lr"] = group["initial_lr"]

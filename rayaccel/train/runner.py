@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -52,10 +53,13 @@ class RunFolder:
         return fs, f"{root}/{name}"
 
     def write_text(self, name: str, text: str) -> None:
+        self.write_bytes(name, text.encode())
+
+    def write_bytes(self, name: str, data: bytes) -> None:
         fs, path = self._resolved(name)
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as stream:
-            stream.write(text.encode())
+            stream.write(data)
 
     def read_text(self, name: str) -> str | None:
         fs, path = self._resolved(name)
@@ -79,9 +83,11 @@ def run_folder_of(job: JobConfig) -> RunFolder:
 class MetricsLog(ray.train.UserCallback):
     """Writes every epoch's metrics to `metrics.jsonl` and prints an epoch summary.
 
-    Runs in the Ray Train controller. After a resume the loop re-reports from the
-    checkpoint's epoch, so entries at or after the first reported epoch are replaced:
-    the file always describes the history of the model that exists.
+    Runs in the Ray Train controller. After a resume (a new run, or a worker group restarted
+    after a failure or an elastic resize) the loop re-reports from the checkpoint's epoch, so
+    entries at or after a reported epoch are replaced: the file always describes the history
+    of the model that exists. Each row carries `workers`, one entry per training worker
+    (rank, node, fresh images, sample index digest; see `rayaccel.train.shard_audit`).
     """
 
     def __init__(self, folder: RunFolder, total_epochs: int):
@@ -91,8 +97,15 @@ class MetricsLog(ray.train.UserCallback):
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         row = dict(metrics[0])
+        # Each worker reports its own `worker` facts (node, fresh images, index digest).
+        row.pop("worker", None)
+        workers = sorted((m["worker"] for m in metrics if "worker" in m), key=lambda w: w["rank"])
+        if workers:
+            row["workers"] = workers
         if self.rows is None:
-            self.rows = [r for r in self.folder.read_metrics() if r["epoch"] < row["epoch"]]
+            self.rows = self.folder.read_metrics()
+        # A restarted (e.g. resized) worker group re-reports from its checkpoint's epoch.
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]]
         row["time_unix_s"] = time.time()
         self.rows.append(row)
         self.folder.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
@@ -142,10 +155,11 @@ def build_run(job: JobConfig) -> tuple[Plan, LoopSettings]:
     optimizer = job.train.optimizer.model_dump()
     optimizer["betas"] = tuple(optimizer["betas"])
     cpus = (job.scaling.resources_per_worker or {}).get("CPU", 1)
+    replay = getattr(job.curriculum, "replay", None)
     settings = LoopSettings(
         plan=plan.to_dict(),
         model_name=model.name,
-        model_kwargs=model_kwargs,
+        model_kwargs={**model_kwargs, **_progressive_model_kwargs(plan)},
         num_classes=job.data.num_classes,
         in_chans=job.data.channels,
         mean=tuple(job.data.mean),
@@ -159,19 +173,108 @@ def build_run(job: JobConfig) -> tuple[Plan, LoopSettings]:
         log_every_steps=job.train.log_every_steps,
         has_val=job.data.val is not None,
         torch_threads=max(1, math.floor(cpus)),
-        replay_capacity_samples=job.curriculum.replay.capacity_samples if job.curriculum else 0,
-        replay_dtype=job.curriculum.replay.dtype if job.curriculum else "uint8",
+        # Only EfficientTrain++ curricula replay (progressive learning has no buffer).
+        replay_capacity_samples=replay.capacity_samples if replay else 0,
+        replay_dtype=replay.dtype if replay else "uint8",
+        **recipe_settings(job, plan),
     )
     return plan, settings
 
 
-def run_job(job: JobConfig) -> dict:
+def recipe_settings(job: JobConfig, plan: Plan) -> dict:
+    """`LoopSettings` fields of the data mode, the fast-training tricks and progressive
+    learning (`rayaccel.train.recipe` documents what the worker does with them)."""
+    data, tricks = job.data, job.tricks
+    augment = data.augment
+    device_mode = data.mode == "device"
+    # Flips move to the worker when they alternate (by sample index and epoch) or when the
+    # data lives on the device; crops move there only in device mode; cutout always runs there.
+    flip = "none"
+    if augment.horizontal_flip and (tricks.alternating_flip or device_mode):
+        flip = "alternating" if tricks.alternating_flip else "random"
+    worker_augment = {
+        "crop_padding_px": augment.random_crop_padding_px if device_mode else 0,
+        "flip": flip,
+        "cutout_px": augment.cutout_px,
+        "samples_per_choice": augment.samples_per_choice,
+    }
+    if worker_augment["crop_padding_px"] == 0 and flip == "none" and augment.cutout_px == 0:
+        worker_augment = None
+    def dumped(section, **rename) -> dict | None:
+        if section is None:
+            return None
+        return {rename.get(k, k): v for k, v in section.model_dump().items()}
+
+    return {
+        "data_mode": data.mode,
+        "data_source": {
+            # Workers run in another folder: local paths are made absolute.
+            "train": _absolute(data.train),
+            "val": _absolute(data.val) if data.val is not None else None,
+            "spec": {
+                "image_size_px": data.image_size_px,
+                "channels": data.channels,
+                "num_classes": data.num_classes,
+                "on_bad_row": data.on_bad_row,
+            },
+        },
+        "model_tricks": {
+            "dirac_init": tricks.dirac_init,
+            "ghost_bn_virtual_batch": (
+                tricks.ghost_bn.virtual_batch_size if tricks.ghost_bn else None
+            ),
+            "frozen_bn_scale": tricks.frozen_bn_scale.scale if tricks.frozen_bn_scale else None,
+        },
+        "whitening": dumped(tricks.whitening),
+        "bn_bias": (
+            {
+                "bias_lr_multiplier": tricks.frozen_bn_scale.bias_lr_multiplier,
+                "bias_wd_divisor": tricks.frozen_bn_scale.bias_wd_divisor,
+            }
+            if tricks.frozen_bn_scale
+            else None
+        ),
+        "lookahead": dumped(tricks.lookahead),
+        "ema": dumped(tricks.ema),
+        "tta": dumped(tricks.tta),
+        "worker_augment": worker_augment,
+    }
+
+
+def _absolute(location: str) -> str:
+    return location if "://" in location else os.path.abspath(location)
+
+
+def _progressive_model_kwargs(plan: Plan) -> dict:
+    """timm creates DropPath modules only for a positive `drop_path_rate`: build the model
+    with the largest stage rate, and every stage start sets its own (`set_regularisation`)."""
+    deepest = max((s.drop_path_rate for s in plan.stages), default=0.0)
+    return {"drop_path_rate": deepest} if deepest > 0 else {}
+
+
+def run_job(
+    job: JobConfig,
+    *,
+    start_checkpoint: str | None = None,
+    stop_epoch: int | None = None,
+    callbacks: tuple[ray.train.UserCallback, ...] = (),
+) -> dict:
     """Trains a data-resolved job on the connected (or a new local) Ray cluster.
+
+    Args:
+        job: The validated job with its data fields resolved.
+        start_checkpoint: Checkpoint (path or URI) the run starts from when its folder has
+            none yet (a search trial continues a previous stage's best checkpoint).
+        stop_epoch: Stop before this epoch of the plan; None trains the whole plan.
+        callbacks: More Ray Train callbacks, e.g. Ray Tune's `TuneReportCallback`.
 
     Returns the summary also written to `summary.json`.
     """
     started_s = time.time()
     plan, settings = build_run(job)
+    settings = dataclasses.replace(
+        settings, start_checkpoint=start_checkpoint, stop_epoch=stop_epoch
+    )
     folder = run_folder_of(job)
     folder.write_text("job.yaml", dump_job(job))
     folder.write_text("plan.json", json.dumps(plan.to_dict(), indent=2) + "\n")
@@ -182,22 +285,29 @@ def run_job(job: JobConfig) -> dict:
     # Ray Data's per-operator progress bars interleave with the epoch lines; the loop's own
     # progress line says what a user needs (set before the trainer copies the context).
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = _datasets(job, plan)
+    board = _score_board(job, plan)
+    # Device mode: every worker decodes its part of the splits itself, once.
+    datasets = {} if job.data.mode == "device" else _datasets(job, plan, board=board)
     scaling = job.scaling
+    loop_config = settings.to_dict()
+    if board is not None:
+        loop_config["infobatch_board"] = board
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=settings.to_dict(),
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=scaling.resources_per_worker,
+            placement_strategy=scaling.placement_strategy,
+            elastic_resize_monitor_interval_s=scaling.resize_check_interval_s,
         ),
         run_config=RunConfig(
             name=job.run.name,
             storage_path=folder.location.rsplit("/", 1)[0],
             failure_config=FailureConfig(max_failures=job.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.run.keep_checkpoints),
-            callbacks=[MetricsLog(folder, plan.total_epochs)],
+            callbacks=[MetricsLog(folder, plan.total_epochs), *callbacks],
         ),
         datasets=datasets,
         dataset_config=_SplitTrainEqually(),
@@ -206,14 +316,51 @@ def run_job(job: JobConfig) -> dict:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise RunFailed(_root_cause(err)) from err
+    finally:
+        if board is not None:
+            ray.kill(board)
     summary = summarize(folder, plan, wall_time_s=time.time() - started_s)
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     folder.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
+    _write_plots(folder)
     return summary
 
 
-def _datasets(job: JobConfig, plan: Plan) -> dict:
-    """Ray Data pipelines by name: `train` (or `train_s<i>` per stage) and `val[_<B>px]`."""
+def _write_plots(folder: RunFolder) -> None:
+    """The report's plots in the run folder; a finished run never fails because of them."""
+    from rayaccel.report import load_run, write_report
+
+    try:
+        write_report([load_run(folder.location)], folder.write_bytes, table=False)
+    except Exception as err:  # plots are a convenience; the run is done and saved
+        print(f"[rayaccel] warning: could not write the plots: {err!r}", file=sys.stderr)
+
+
+def _score_board(job: JobConfig, plan: Plan):
+    """The run's InfoBatch score board actor, or None when the job does not prune.
+
+    A fresh board starts every `fit()`; a resumed run's loop restores the scores from its
+    checkpoint before planning the next epoch.
+    """
+    if job.infobatch is None:
+        return None
+    from rayaccel.train.pruning import ScoreBoard
+
+    return ScoreBoard.remote(
+        read_meta(job.data.train).count,
+        prune_ratio=job.infobatch.prune_ratio,
+        delta=job.infobatch.delta,
+        total_epochs=plan.total_epochs,
+        seed=job.train.seed,
+    )
+
+
+def _datasets(job: JobConfig, plan: Plan, *, board=None) -> dict:
+    """Ray Data pipelines by name: `train` (or `train_s<i>` per stage) and `val[_<B>px]`.
+
+    With an InfoBatch `board`, training pipelines drop the epoch's pruned rows right after
+    reading (before the shuffle and the decode) and carry each kept row's loss weight.
+    """
     data = job.data
     spec = DecodeSpec(
         image_size_px=data.image_size_px,
@@ -221,13 +368,19 @@ def _datasets(job: JobConfig, plan: Plan) -> dict:
         num_classes=data.num_classes,
         on_bad_row=data.on_bad_row,
         random_crop_padding_px=data.augment.random_crop_padding_px,
-        horizontal_flip=data.augment.horizontal_flip,
+        # Alternating flips are done on the worker (by sample index and epoch).
+        horizontal_flip=data.augment.horizontal_flip and not job.tricks.alternating_flip,
     )
     common = {
         "preprocess_cpus": job.scaling.preprocess_cpus,
         "decode_batch_rows": data.decode_batch_rows,
     }
     train_meta = read_meta(data.train)
+    pruning = {}
+    if board is not None:
+        from rayaccel.train.pruning import keep_rows
+
+        pruning = {"row_filter": keep_rows, "row_filter_kwargs": {"board": board}}
     datasets = {}
     for stage in plan.stages:
         stage_spec = spec
@@ -245,6 +398,7 @@ def _datasets(job: JobConfig, plan: Plan) -> dict:
             # Distinct seeds so stages do not repeat each other's epoch orders.
             shuffle_seed=job.train.seed + stage.index,
             **common,
+            **pruning,
         )
     if data.val is not None:
         plain = DecodeSpec(
@@ -275,7 +429,7 @@ def summarize(folder: RunFolder, plan: Plan, *, wall_time_s: float) -> dict:
     rows = folder.read_metrics()
     evaluated = [r for r in rows if "val_acc" in r]
     final = evaluated[-1] if evaluated else {}
-    return {
+    summary = {
         "run_folder": folder.location,
         "epochs_completed": len(rows),
         "epochs_planned": plan.total_epochs,
@@ -290,6 +444,21 @@ def summarize(folder: RunFolder, plan: Plan, *, wall_time_s: float) -> dict:
         "train_time_s": sum(r["epoch_time_s"] for r in rows),
         "wall_time_s": wall_time_s,
     }
+    if any("infobatch/kept_samples" in r for r in rows):
+        # What pruning saved: fresh samples trained vs every epoch on the whole dataset.
+        summary["fresh_images_seen"] = rows[-1]["fresh_images_seen"]
+        summary["fresh_images_vs_full"] = rows[-1]["fresh_images_seen"] / max(
+            plan.train_samples * len(rows), 1
+        )
+        summary["infobatch_bookkeeping_s"] = sum(r["infobatch/bookkeeping_s"] for r in rows)
+    if rows and plan.baseline_epochs:
+        # Measured compute (images trained x pixels): pruning makes it less than planned.
+        spent = sum(r["train_images"] * r["resolution_px"] ** 2 for r in rows)
+        baseline = plan.baseline_epochs * plan.baseline_images_per_epoch
+        summary["compute_vs_baseline_measured"] = spent / max(
+            baseline * plan.full_resolution_px**2, 1
+        )
+    return summary
 
 
 def _root_cause(err: BaseException) -> str:

@@ -1,0 +1,91 @@
+"""What every benchmark script shares: the dataset, Ray start-up, running a job, the table.
+
+Scripts import it as `common` (Python puts a script's own folder first on `sys.path`).
+Every run goes through `rayaccel.train.runner.run_job`, the code path of `rayaccel run`, and
+every table comes from `rayaccel.report`, so a benchmark and `rayaccel report` on its run
+folders print the same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = REPO_ROOT / "data" / "fixture" / "fashion-mnist"
+# Debian's dataset-fashion-mnist package installs the IDX files here.
+SOURCE = Path("/usr/share/datasets/fashion-mnist")
+CACHE = Path.home() / ".cache" / "rayaccel" / "fashion-mnist"
+
+
+def dataset_dir(smoke: bool) -> Path:
+    """The prepared Fashion-MNIST folder (with train/ and test/) to benchmark on.
+
+    The full dataset when Debian's package is installed (prepared once with rayaccel's own
+    `prepare_dataset` into ~/.cache/rayaccel/fashion-mnist), else the bundled 4,000-image
+    fixture; smoke runs always use the fixture.
+    """
+    if smoke or not SOURCE.is_dir():
+        return FIXTURE
+    if not (CACHE / "train" / "metadata.json").is_file():
+        from rayaccel.data.prepare import prepare_dataset
+
+        print(f"[bench] preparing {SOURCE} -> {CACHE}", flush=True)
+        prepare_dataset("fashion-mnist", SOURCE, CACHE, overwrite=True)
+    return CACHE
+
+
+def start_ray(num_cpus: int = 2) -> None:
+    """Joins `RAY_ADDRESS` (or an already started instance), else starts a private local one.
+
+    A private instance keeps the benchmark off other users' clusters on a shared machine;
+    `RAY_ADDRESS` is exported because Ray Train's helpers look the cluster up by address and
+    refuse to pick one when several instances run on the machine.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()
+        else:
+            ray.init(address="local", num_cpus=num_cpus)
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
+def job_on_data(job_path: Path, data: Path, storage: Path) -> dict:
+    """A shipped job as a raw mapping, pointed at `data` and writing its runs under `storage`."""
+    from rayaccel.config import read_yaml
+
+    raw = read_yaml(job_path)
+    raw["data"].update(train=str(data / "train"), val=str(data / "test"))
+    raw["run"].update(storage_path=str(storage))
+    return raw
+
+
+def run(raw: dict, *, source: str) -> dict:
+    """Validates and trains a raw job as `rayaccel run` does; returns its summary."""
+    from rayaccel.config import parse_job, resolve_data
+    from rayaccel.train.runner import run_job
+
+    job = resolve_data(parse_job(raw, source=source), source=source)
+    return run_job(job)
+
+
+def comparison(run_folders: dict[str, str]) -> str:
+    """The markdown table of `rayaccel report` over the runs; the first is the baseline."""
+    from rayaccel.report import comparison_table, load_run
+
+    return comparison_table([load_run(f, label=label) for label, f in run_folders.items()])
+
+
+def machine() -> str:
+    """One line naming the hardware and date a table was measured on."""
+    import torch
+
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPU cores, "
+        f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )

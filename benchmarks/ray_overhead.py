@@ -1,0 +1,211 @@
+"""Ray overhead: the same epochs through `rayaccel run` (1 worker) vs a plain PyTorch loop.
+
+Both sides train the baseline of `jobs/fashion-mnist-etpp.yaml` (ResNet-9 width 0.25, SGD
+Nesterov, global batch 256, cosine LR, label smoothing 0.1, fp32) with 1 worker, 1 torch
+thread, no augmentation (so both see exactly the same pixels) and no validation:
+
+- `rayaccel`: `run_job` (the code path of `rayaccel run`), Ray Data decoding the parquet
+  shards every epoch on its own CPU and streaming uint8 batches to one Ray Train worker,
+  which also writes a checkpoint and reports metrics every epoch;
+- plain: one process, the parquet decoded once up front with rayaccel's own `decode_batch`
+  into uint8 tensors, then a bare loop with the same model, initial weights (seed),
+  optimizer, batch size, steps per epoch, LR schedule (`Plan.lr_at`) and normalisation.
+
+Per steady-state epoch (epoch 1 excluded: start-up, first pipeline execution) it prints the
+plain loop's time and two rayaccel times: the loop's own `epoch_time_s` (waiting for data
+plus training), and the interval between consecutive epoch reports (adds checkpointing,
+the report barrier and the next epoch's pipeline start-up). Target: <= 1.10x per epoch.
+
+    python benchmarks/ray_overhead.py               # full Fashion-MNIST (or fixture), 4 epochs
+    python benchmarks/ray_overhead.py --smoke       # fixture, 2 epochs (~1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO_ROOT, dataset_dir, job_on_data, machine, run, start_ray
+
+JOB = REPO_ROOT / "jobs" / "fashion-mnist-etpp.yaml"
+TARGET_RATIO = 1.10
+
+
+def overhead_job(data: Path, storage: Path, *, epochs: int) -> dict:
+    """The 1-worker, no-augmentation, no-validation baseline both sides train."""
+    raw = job_on_data(JOB, data, storage)
+    del raw["curriculum"]
+    raw["data"].pop("val")
+    raw["data"]["augment"] = {"random_crop_padding_px": 0, "horizontal_flip": False}
+    raw["train"].update(epochs=epochs, log_every_steps=10_000)
+    raw["train"]["schedule"]["warmup_epochs"] = min(0.5, epochs / 4)
+    raw["scaling"] = {
+        "num_workers": 1,
+        "resources_per_worker": {"CPU": 1},
+        "preprocess_cpus": 1,
+    }
+    raw["run"]["name"] = "bench-ray-overhead"
+    return raw
+
+
+def decode_split(location: str):
+    """Every image of a split decoded once (rayaccel's `decode_batch`, no augmentation)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from rayaccel.data.metadata import read_meta
+    from rayaccel.data.pipeline import DecodeSpec, decode_batch, shard_paths
+
+    meta = read_meta(location)
+    fs, paths = shard_paths(location, meta)
+    table = pq.read_table(paths, filesystem=fs, columns=["image", "label", "index"])
+    spec = DecodeSpec(
+        image_size_px=meta.image_size[0],
+        channels=meta.channels,
+        num_classes=meta.num_classes,
+        on_bad_row="fail",
+    )
+    batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.schema.names}
+    decoded = decode_batch(batch, spec, np.random.default_rng(0))
+    return torch.from_numpy(decoded["image"]), torch.from_numpy(decoded["label"])
+
+
+def plain_epochs(job, images, labels) -> list[float]:
+    """Trains the job's plan in a bare single-process loop; returns each epoch's seconds."""
+    import torch
+    import torch.nn.functional as F
+
+    from rayaccel.models import build_model
+    from rayaccel.train.optim import build_optimizer
+    from rayaccel.train.runner import build_run
+
+    plan, settings = build_run(job)
+    torch.set_num_threads(settings.torch_threads)
+    torch.manual_seed(settings.seed)
+    model = build_model(
+        settings.model_name,
+        num_classes=settings.num_classes,
+        in_chans=settings.in_chans,
+        **settings.model_kwargs,
+    )
+    optimizer = build_optimizer(model, **settings.optimizer)
+    mean = torch.tensor(settings.mean).view(1, -1, 1, 1) * 255
+    std = torch.tensor(settings.std).view(1, -1, 1, 1) * 255
+    order = torch.Generator().manual_seed(settings.seed)
+    times_s = []
+    for epoch in range(plan.total_epochs):
+        stage = plan.stage_of(epoch)
+        batch = stage.per_worker_batch
+        model.train()
+        started_s = time.perf_counter()
+        permutation = torch.randperm(len(labels), generator=order)
+        for step in range(stage.steps_per_epoch):
+            lr = plan.lr_at(epoch, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            chosen = permutation[step * batch : (step + 1) * batch]
+            inputs = (images[chosen].float() - mean) / std
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, labels[chosen], label_smoothing=settings.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        times_s.append(time.perf_counter() - started_s)
+        print(f"[bench] plain epoch {epoch + 1}: {times_s[-1]:.1f} s", flush=True)
+    return times_s
+
+
+def compare(plain_s: list[float], rows: list[dict]) -> dict:
+    """Per-epoch times of both sides and the steady-state ratios (epoch 1 excluded)."""
+    loop_s = [row["epoch_time_s"] for row in rows]
+    interval_s = [b["time_unix_s"] - a["time_unix_s"] for a, b in zip(rows, rows[1:], strict=False)]
+    steady_plain = statistics.mean(plain_s[1:])
+    steady_loop = statistics.mean(loop_s[1:])
+    steady_interval = statistics.mean(interval_s)
+    return {
+        "plain_epoch_s": plain_s,
+        "rayaccel_loop_epoch_s": loop_s,
+        "rayaccel_report_interval_s": [None, *interval_s],
+        "steady_plain_s": steady_plain,
+        "steady_loop_s": steady_loop,
+        "steady_interval_s": steady_interval,
+        "loop_ratio": steady_loop / steady_plain,
+        "interval_ratio": steady_interval / steady_plain,
+    }
+
+
+def format_table(results: dict) -> str:
+    lines = [
+        f"Ray overhead on {results['data']} ({results['machine']}), {results['images']:,} "
+        f"training images, 1 worker, 1 torch thread",
+        "| epoch | plain loop (s) | rayaccel loop epoch_time_s (s) | rayaccel report interval (s) |",
+        "|---|---|---|---|",
+    ]
+    for epoch, (plain, loop, interval) in enumerate(
+        zip(
+            results["plain_epoch_s"],
+            results["rayaccel_loop_epoch_s"],
+            results["rayaccel_report_interval_s"],
+            strict=True,
+        )
+    ):
+        shown = "—" if interval is None else f"{interval:.1f}"
+        lines.append(f"| {epoch + 1} | {plain:.1f} | {loop:.1f} | {shown} |")
+    lines.append(
+        f"| steady (2..) | {results['steady_plain_s']:.1f} | {results['steady_loop_s']:.1f} "
+        f"({results['loop_ratio']:.3f}x) | {results['steady_interval_s']:.1f} "
+        f"({results['interval_ratio']:.3f}x) |"
+    )
+    verdict = "meets" if results["interval_ratio"] <= TARGET_RATIO else "misses"
+    lines.append(
+        f"rayaccel vs plain PyTorch per steady-state epoch: {results['loop_ratio']:.3f}x in the "
+        f"loop, {results['interval_ratio']:.3f}x report to report ({verdict} the "
+        f"<= {TARGET_RATIO:.2f}x target)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="2 epochs on the fixture")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per side (>= 2)")
+    parser.add_argument("--out", type=Path, default=None, help="run folder parent (default: temp)")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args(argv)
+    epochs = 2 if args.smoke else args.epochs
+    if epochs < 2:
+        parser.error("--epochs: needs >= 2 (epoch 1 is excluded as start-up)")
+
+    from rayaccel.config import parse_job, resolve_data
+
+    data = dataset_dir(args.smoke)
+    storage = args.out or Path(tempfile.mkdtemp(prefix="rayaccel-bench-"))
+    raw = overhead_job(data, storage, epochs=epochs)
+    job = resolve_data(parse_job(raw, source=str(JOB)), source=str(JOB))
+    images, labels = decode_split(job.data.train)
+    plain_s = plain_epochs(job, images, labels)
+    start_ray()
+    summary = run(raw, source=str(JOB))
+    from rayaccel.train.runner import RunFolder
+
+    rows = RunFolder(summary["run_folder"]).read_metrics()
+    results = {
+        "data": str(data),
+        "machine": machine(),
+        "images": len(labels),
+        **compare(plain_s, rows),
+    }
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""What every search shares: the base job, trial jobs, the Tune experiment, results on disk.
+
+Trials run in Tune's actors with their own working directory, so every path a trial job holds
+is made absolute here, on the driver. A trial job is a plain dict (the resolved job, dumped)
+plus dotted changes; the driver validates every job a search can produce before Tune starts,
+so bad input is reported at the edge and trials only re-parse what is known to be valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rayaccel.config import ConfigError, JobConfig, parse_job, read_yaml
+from rayaccel.config import resolve_data as resolve_job_data
+from rayaccel.tune.spec import TrialResources
+
+# Tune trials reserve only a sliver of a CPU: their training runs in Ray Train's workers,
+# which reserve `trial` resources of their own.
+TRIAL_DRIVER_CPUS = 0.01
+
+
+class SearchFailed(RuntimeError):
+    """A search could not produce a result; the message says which trials failed and why."""
+
+
+def set_field(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A deep copy of a raw job with one dotted field set (sections created as needed)."""
+    raw = copy.deepcopy(raw)
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+    return raw
+
+
+def nested(dotted_values: dict[str, Any]) -> dict[str, Any]:
+    """`{"train.optimizer.lr": 0.1}` -> `{"train": {"optimizer": {"lr": 0.1}}}`."""
+    out: dict[str, Any] = {}
+    for key, value in dotted_values.items():
+        out = set_field(out, key, value)
+    return out
+
+
+def _absolute(location: str | None) -> str | None:
+    if location is None or "://" in location:
+        return location
+    return os.path.abspath(location)
+
+
+def base_job_raw(
+    job_path: str, job_overrides: dict[str, Any], trial: TrialResources, source: str
+) -> dict[str, Any]:
+    """The base job, overridden, given the trial's resources, resolved and with absolute paths.
+
+    Returns it as a plain dict, the form trial jobs are built from.
+    """
+    raw = read_yaml(job_path)
+    for key, value in job_overrides.items():
+        raw = set_field(raw, key, value)
+    raw["scaling"] = {
+        "num_workers": trial.num_workers,
+        "use_gpu": trial.gpus_per_worker > 0,
+        "resources_per_worker": {"CPU": trial.cpus_per_worker}
+        | ({"GPU": trial.gpus_per_worker} if trial.gpus_per_worker > 0 else {}),
+        "preprocess_cpus": trial.preprocess_cpus,
+    }
+    job = resolve_job_data(parse_job(raw, source=job_path), source=job_path)
+    if job.data.val is None:
+        raise ConfigError(
+            [
+                f"{source}: job: {job_path} has no data.val; searches score trials by "
+                "validation accuracy"
+            ]
+        )
+    data = job.data.model_copy(
+        update={"train": _absolute(job.data.train), "val": _absolute(job.data.val)}
+    )
+    job = job.model_copy(update={"data": data})
+    return job.model_dump(mode="json")
+
+
+def trial_job(raw: dict[str, Any], source: str) -> JobConfig:
+    """Validates a trial job built from the base job (on the driver, before Tune starts)."""
+    return parse_job(raw, source=source)
+
+
+def search_folder(storage_path: str, name: str) -> Path:
+    return Path(os.path.abspath(storage_path)) / name
+
+
+def run_tuner(
+    trainable,
+    *,
+    param_space: dict,
+    experiment: str,
+    folder: Path,
+    max_concurrent_trials: int,
+    metric: str,
+    scheduler=None,
+    num_samples: int = 1,
+    search_alg=None,
+):
+    """Runs one Tune experiment of function trainables that each launch Ray Train runs.
+
+    Returns the `ResultGrid`. Tune needs the Ray dashboard for trials that launch Train (it
+    frees their placement groups), which `ray.init()` starts where `ray[default]` is installed.
+    """
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        ray.init()
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="max",
+            scheduler=scheduler,
+            search_alg=search_alg,
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment,
+            storage_path=str(folder / "tune"),
+            verbose=1,
+        ),
+    )
+    return tuner.fit()
+
+
+def trial_errors(results) -> list[str]:
+    """One line per failed trial: its id and the last line of its error."""
+    lines = []
+    for result in results:
+        if result.error is not None:
+            text = str(result.error).strip().splitlines()
+            trial_id = (result.metrics or {}).get("trial_id", result.path.rsplit("/", 1)[-1])
+            lines.append(f"trial {trial_id}: {text[-1] if text else repr(result.error)}")
+    return lines
+
+
+def write_yaml(path: Path, data: dict, header: str = "") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comment = "".join(f"# {line}\n".replace("# \n", "#\n") for line in header.splitlines())
+    path.write_text(comment + yaml.safe_dump(data, sort_keys=False))
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Fixed-width table; `columns` holds (key, header, format spec) per column."""
+    cells = [[header for _, header, _ in columns]]
+    for row in rows:
+        cells.append(
+            ["-" if row.get(key) is None else format(row[key], spec) for key, _, spec in columns]
+        )
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join(
+        " ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True))
+        for line in cells
+    )
+
+
+class Stopwatch:
+    """Wall time of a search and its parts, for the report."""
+
+    def __init__(self) -> None:
+        self.started_s = time.time()
+
+    def elapsed_s(self) -> float:
+        return time.time() - self.started_s
+
+
+def load_curriculum_file(path: str | Path) -> dict[str, Any]:
+    """The `curriculum` mapping of a file written by a search (or by hand)."""
+    raw = read_yaml(path)
+    section = raw.get("curriculum")
+    if set(raw) != {"curriculum"} or not isinstance(section, dict):
+        raise ConfigError(
+            [f"{path}: must hold one `curriculum:` mapping (as written by `rayaccel tune`)"]
+        )
+    return section
+
+
+def merge_curriculum(raw_job: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:
+    """The job with a curriculum file applied.
+
+    A file that names its `preset` brings a whole curriculum and replaces the job's; a file
+    without one (an LR rule: `lr_alpha`, `lr_max`) changes only those keys of the job's.
+    """
+    raw_job = copy.deepcopy(raw_job)
+    current = raw_job.get("curriculum")
+    if "preset" in section or not isinstance(current, dict):
+        raw_job["curriculum"] = copy.deepcopy(section)
+    else:
+        raw_job["curriculum"] = {**current, **copy.deepcopy(section)}
+    return raw_job
+
+
+def job_trial(config: dict) -> None:
+    """A Tune trial that trains the base job with dotted changes and reports every epoch.
+
+    `config["base"]` is the resolved base job, `config["changes"]` maps dotted fields to the
+    values Tune chose. Ray Train's `TuneReportCallback` turns each epoch's report into a Tune
+    result, so ASHA can stop the trial between epochs.
+    """
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from rayaccel.train.runner import run_job
+
+    raw = config["base"]
+    for key, value in config["changes"].items():
+        raw = set_field(raw, key, value)
+    raw = set_field(raw, "run.name", f"trial-{tune.get_context().get_trial_id()}")
+    run_job(parse_job(raw), callbacks=(TuneReportCallback(),))
+
+
+def asha(max_epochs: int, grace_epochs: int):
+    """ASHA on epochs (one Tune result per epoch); halves the field at each rung."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=max_epochs,
+        grace_period=grace_epochs,
+        reduction_factor=2,
+    )
+
+
+def epoch_results(grid, keys: list[str]) -> list[dict]:
+    """Per finished-or-stopped trial: the chosen values, epochs trained, last val accuracy."""
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        if "val_acc" not in metrics:
+            continue
+        changes = result.config["changes"]
+        rows.append(
+            {
+                **{key: changes[key] for key in keys},
+                "epochs": metrics.get("training_iteration", 0),
+                "val_acc": metrics["val_acc"],
+                "trial_s": metrics.get("time_total_s"),
+            }
+        )
+    return rows
+
+
+def rank_key(row: dict) -> tuple:
+    """Trials ASHA stopped early rank below every trial that trained longer."""
+    return (row["epochs"], row["val_acc"])

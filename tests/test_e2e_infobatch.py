@@ -1,0 +1,136 @@
+"""InfoBatch through real Ray Data and Ray Train on the bundled fixture.
+
+- The keep filter in a real Ray Data pipeline split over two consumers as training splits it:
+  disjoint equal parts of the epoch's keep set (their union is all of it but the one row an
+  odd count leaves over), each row with the selection's weight.
+- `jobs/fashion-mnist-infobatch.yaml` on the fixture with 2 workers: pruned epochs train fewer
+  samples, metrics and summary report it; a run continued from its epoch-2 checkpoint plans
+  epoch 2 exactly as the uninterrupted run did.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import yaml
+from conftest import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
+
+from rayaccel.cli import main
+from rayaccel.config import load_job
+from rayaccel.data.metadata import read_meta
+from rayaccel.data.pipeline import DecodeSpec, build_dataset
+from rayaccel.train.pruning import ScoreBoard, keep_rows
+from rayaccel.train.runner import run_job
+
+pytestmark = pytest.mark.ray
+
+
+def test_two_consumers_get_disjoint_halves_of_the_keep_set(ray_session):
+    meta = read_meta(str(FIXTURE_TRAIN))
+    board = ScoreBoard.remote(meta.count, prune_ratio=0.5, delta=0.875, total_epochs=4, seed=3)
+    try:
+        rng = np.random.default_rng(0)
+        indices = np.arange(meta.count, dtype=np.int64)
+        ray.get(board.update.remote(indices, rng.exponential(size=meta.count)))
+        summary = ray.get(board.plan_epoch.remote(1))
+        _, _, (selection_ref,) = ray.get(board.current.remote())
+        selection = ray.get(selection_ref)
+        assert 0.2 < summary["fraction_pruned"] < 0.45  # about r x (share below the mean)
+
+        spec = DecodeSpec(image_size_px=28, channels=1, num_classes=10, on_bad_row="fail")
+        dataset = build_dataset(
+            str(FIXTURE_TRAIN),
+            meta,
+            spec,
+            shuffle_seed=0,
+            preprocess_cpus=0.5,
+            decode_batch_rows=256,
+            row_filter=keep_rows,
+            row_filter_kwargs={"board": board},
+        )
+        # As training splits it: equal parts, so at most one leftover row is dropped.
+        splits = dataset.streaming_split(2, equal=True)
+        seen: list[list[tuple[np.ndarray, np.ndarray]]] = [[], []]
+        errors: list[BaseException] = []
+
+        def consume(rank: int) -> None:
+            try:
+                for batch in splits[rank].iter_batches(batch_size=128, batch_format="numpy"):
+                    seen[rank].append((batch["index"], batch["loss_weight"]))
+            except BaseException as err:  # surfaced below; a thread's error is otherwise lost
+                errors.append(err)
+
+        threads = [threading.Thread(target=consume, args=(rank,)) for rank in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not errors, errors
+        parts = [np.concatenate([i for i, _ in chunks]) for chunks in seen]
+        assert parts[0].size > 0 and parts[1].size > 0
+        assert np.intersect1d(parts[0], parts[1]).size == 0
+        assert parts[0].size == parts[1].size == selection.num_kept // 2
+        union = np.concatenate(parts)
+        assert np.isin(union, selection.keep_indices).all()
+        for chunks in seen:
+            for batch_indices, weights in chunks:
+                assert np.array_equal(weights, selection.weight_of(batch_indices))
+        assert set(np.unique(np.concatenate([w for c in seen for _, w in c]))) == {1.0, 2.0}
+    finally:
+        ray.kill(board)
+
+
+def _job(tmp_path: Path, name: str, workers: int) -> Path:
+    job = yaml.safe_load((REPO_ROOT / "jobs" / "fashion-mnist-infobatch.yaml").read_text())
+    job["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
+    job["model"]["width_multiplier"] = 0.25
+    job["train"].update(epochs=3, global_batch_size=128, log_every_steps=100)
+    job["train"]["schedule"]["warmup_epochs"] = 0.5
+    job["scaling"]["num_workers"] = workers
+    job["run"].update(name=name, storage_path=str(tmp_path), keep_checkpoints=3)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pruned_run_and_continuation_from_a_checkpoint_prune_identically(ray_session, tmp_path):
+    assert main(["run", str(_job(tmp_path, "ib", workers=2))]) == 0
+    rows = _rows(tmp_path / "ib")
+    summary = json.loads((tmp_path / "ib" / "summary.json").read_text())
+
+    # Epoch 0 has no scores yet; epochs 1 and 2 prune (first full epoch = ceil(0.875 * 3) = 3).
+    assert rows[0]["infobatch/fraction_pruned"] == 0
+    assert rows[0]["train_images"] == 2 * (2000 // 64) * 64
+    for row in rows[1:]:
+        assert 0.15 < row["infobatch/fraction_pruned"] < 0.5
+        kept = row["infobatch/kept_samples"]
+        # Each worker trains whole batches of its equal share of the kept rows.
+        assert row["train_images"] == 2 * (kept // 2 // 64) * 64
+        assert row["steps"] == kept // 2 // 64
+        assert 1 < row["infobatch/mean_weight"] < 2
+        assert row["infobatch/bookkeeping_s"] >= 0
+    assert len({row["infobatch/keep_digest"] for row in rows}) == 3
+    assert summary["fresh_images_vs_full"] < 0.9
+    assert summary["compute_vs_baseline_measured"] < 0.9
+    assert summary["final_val_acc"] > 0.5
+
+    # Continue from the checkpoint written after epoch 2 (next epoch 2) in a new run with 1
+    # worker: the board's scores come back from the checkpoint, so epoch 2's keep set is the
+    # same as in the uninterrupted run.
+    checkpoints = sorted(p for p in (tmp_path / "ib").glob("checkpoint_*") if p.is_dir())
+    assert len(checkpoints) == 3
+    job = load_job(_job(tmp_path, "ib-continued", workers=1), [])
+    run_job(job, start_checkpoint=str(checkpoints[1]))
+    continued = _rows(tmp_path / "ib-continued")
+    assert [row["epoch"] for row in continued] == [2]
+    assert continued[0]["infobatch/keep_digest"] == rows[2]["infobatch/keep_digest"]
+    assert continued[0]["infobatch/kept_samples"] == rows[2]["infobatch/kept_samples"]
