@@ -17,6 +17,7 @@ plus training), and the interval between consecutive epoch reports (adds checkpo
 the report barrier and the next epoch's pipeline start-up). Target: <= 1.10x per epoch.
 
     python benchmarks/ray_overhead.py               # full Fashion-MNIST (or fixture), 4 epochs
+    python benchmarks/ray_overhead.py --fixture     # the 4,000-image fixture, 4 epochs (~3 min)
     python benchmarks/ray_overhead.py --smoke       # fixture, 2 epochs (~1 min)
 """
 
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="2 epochs on the fixture")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per side (>= 2)")
+    parser.add_argument(
+        "--fixture", action="store_true", help="the 4,000-image fixture even if the full set exists"
+    )
     parser.add_argument("--out", type=Path, default=None, help="run folder parent (default: temp)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rayaccel.config import parse_job, resolve_data
 
-    data = dataset_dir(args.smoke)
+    data = dataset_dir(args.smoke or args.fixture)
     storage = args.out or Path(tempfile.mkdtemp(prefix="rayaccel-bench-"))
     raw = overhead_job(data, storage, epochs=epochs)
     job = resolve_data(parse_job(raw, source=str(JOB)), source=str(JOB))

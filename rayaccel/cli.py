@@ -178,7 +178,8 @@ def _check_model(job, source: str) -> None:
 def _tune(args) -> int:
     from rayaccel.plan import PlanError
     from rayaccel.train.runner import RunFailed
-    from rayaccel.tune import SearchFailed, run_search
+    from rayaccel.tune import run_search
+    from rayaccel.tune.common import SearchFailed
 
     try:
         summary, table = run_search(args.search, args.output)

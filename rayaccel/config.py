@@ -706,6 +706,21 @@ class RunSection(_Strict):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1)
 
+    @field_validator("storage_path")
+    @classmethod
+    def _parsable_uri(cls, location: str) -> str:
+        # pyarrow and Ray would fail only once the run starts, with a traceback.
+        if "://" in location and not _URI.fullmatch(location):
+            raise ValueError(
+                "is not a valid URI (characters such as spaces must be percent-encoded, "
+                f"e.g. %20), got {location!r}"
+            )
+        return location
+
+
+# RFC 3986 characters only; the scheme, then anything pyarrow's URI parser accepts.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
+
 
 class JobConfig(_Strict):
     """A whole job: what to train on, what to train, how, on how much, and where to write."""
@@ -731,8 +746,7 @@ class JobConfig(_Strict):
             problems.append(
                 f"train.global_batch_size: must be a multiple of every worker count "
                 f"scaling.num_workers={list(self.scaling.num_workers)} allows (of {multiple}), "
-                f"got {batch}"
-                + (f" (try {batch - batch % multiple})" if batch > multiple else "")
+                f"got {batch}" + (f" (try {batch - batch % multiple})" if batch > multiple else "")
             )
         elif batch < workers:
             problems.append(
@@ -848,11 +862,11 @@ def load_job(
             and fill image size, channels, classes and mean/std from it where the job left
             them out.
         curriculum_file: A `curriculum:` file written by `rayaccel tune`, applied before the
-            overrides (see `rayaccel.tune.common.merge_curriculum`).
+            overrides (see `rayaccel.tune.include.merge_curriculum`).
     """
     raw = read_yaml(path)
     if curriculum_file is not None:
-        from rayaccel.tune.common import load_curriculum_file, merge_curriculum
+        from rayaccel.tune.include import load_curriculum_file, merge_curriculum
 
         raw = merge_curriculum(raw, load_curriculum_file(curriculum_file))
     raw = apply_overrides(raw, list(overrides))

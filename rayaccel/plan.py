@@ -243,9 +243,7 @@ class Plan:
                     f"per worker and step with {world_size} workers, more than the "
                     f"{rows_per_worker} each holds"
                 )
-            stages.append(
-                replace(stage, per_worker_batch=per_worker_batch, steps_per_epoch=steps)
-            )
+            stages.append(replace(stage, per_worker_batch=per_worker_batch, steps_per_epoch=steps))
         return replace(self, stages=tuple(stages), num_workers=world_size)
 
     def to_dict(self) -> dict:

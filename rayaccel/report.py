@@ -138,7 +138,7 @@ def comparison_table(records: list[RunRecord]) -> str:
         lines.append(
             f"| {s['label']} | {epochs} | {acc} @{s['eval_resolution_px']}px "
             f"| {s['wall_time_s']:.1f} | {s['train_time_s']:.1f} "
-            f"| {s['compute_px_images'] / 1e9:.3f} | {s['compute_full_epochs']:.2f} "
+            f"| {s['compute_px_images'] / 1e9:.4g} | {s['compute_full_epochs']:.2f} "
             f"| {s['median_images_per_s']:,.0f} "
             f"| {_ratio(s['wall_time_s'], base['wall_time_s'])} "
             f"| {_ratio(s['compute_px_images'], base['compute_px_images'])} | {delta} |"
@@ -183,8 +183,12 @@ def accuracy_figure(records: list[RunRecord]) -> Figure:
     by_compute.set_xlabel("compute (full-resolution epochs: images × px²)")
     by_time.set_ylabel("validation accuracy")
     for axis in (by_time, by_compute):
+        axis.set_xlim(left=0)
         axis.grid(alpha=0.3)
-    by_compute.legend(loc="lower right")
+    if by_compute.get_legend_handles_labels()[0]:
+        by_compute.legend(loc="lower right")
+    else:
+        by_compute.text(0.5, 0.5, "no validation split", ha="center", transform=by_compute.transAxes)
     fig.suptitle("Validation accuracy (hollow: evaluated below full resolution)")
     return fig
 

@@ -54,3 +54,91 @@ def test_fast_vs_baseline_smoke_reports_time_to_target(ray_session, tmp_path, ca
         # Reached within the run, after its first report at the earliest.
         if hit["epochs"] is not None:
             assert 1 <= hit["epochs"] <= 2 and 0 < hit["wall_s"] <= run["wall_time_s"] + 1
+
+
+def test_time_to_accuracy_variants_differ_only_in_their_methods(tmp_path):
+    from rayaccel.config import parse_job, resolve_data
+
+    bench = _load("time_to_accuracy")
+    data = REPO_ROOT / "data" / "fixture" / "fashion-mnist"
+    raws = bench.jobs(data, tmp_path, smoke=True, variants=list(bench.VARIANTS))
+    jobs = {name: resolve_data(parse_job(raw)) for name, raw in raws.items()}
+    assert jobs["baseline"].curriculum is None and jobs["baseline"].infobatch is None
+    assert jobs["et++"].curriculum is not None and jobs["et++"].infobatch is None
+    assert jobs["infobatch"].curriculum is None and jobs["infobatch"].infobatch.prune_ratio == 0.5
+    both = jobs["et++ & infobatch"]
+    assert both.curriculum == jobs["et++"].curriculum and both.infobatch.delta == 0.875
+    assert len({job.run.name for job in jobs.values()}) == 4
+    for job in jobs.values():  # same model, data and budget everywhere
+        assert (job.model, job.data, job.train) == (
+            jobs["baseline"].model,
+            jobs["baseline"].data,
+            jobs["baseline"].train,
+        )
+
+
+def test_time_to_accuracy_smoke_prints_its_table_and_runs_write_plots(
+    ray_session, tmp_path, capsys
+):
+    # baseline and the combination cover every job edit (et++ alone is the etpp smoke above;
+    # infobatch alone only adds the section the combination adds).
+    bench = _load("time_to_accuracy")
+    results_file = tmp_path / "results.json"
+    argv = ["--smoke", "--variants", "baseline,et++ & infobatch", "--out", str(tmp_path)]
+    assert bench.main([*argv, "--json", str(results_file)]) == 0
+    out = capsys.readouterr().out
+    assert "| run | epochs | final val acc (full res) |" in out
+    assert "| baseline | 2/2 |" in out and "| et++ & infobatch | 3/3 |" in out
+    results = json.loads(results_file.read_text())
+    for summary in results["runs"].values():
+        assert summary["eval_resolution_px"] == 28
+        for name in ("plot_accuracy.png", "plot_plan.png", "plot_throughput.png"):
+            assert (tmp_path / summary["run_folder"] / name).stat().st_size > 10_000
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "bench-tta-etpp-infobatch" / "metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert rows[1]["infobatch/fraction_pruned"] > 0  # epoch 2 pruned with epoch 1's losses
+
+
+def test_ray_overhead_compares_steady_state_epochs():
+    bench = _load("ray_overhead")
+    rows = [
+        {"epoch_time_s": 12.0, "time_unix_s": 100.0},
+        {"epoch_time_s": 10.5, "time_unix_s": 111.0},
+        {"epoch_time_s": 10.5, "time_unix_s": 122.0},
+    ]
+    result = bench.compare([20.0, 10.0, 10.0], rows)
+    assert result["loop_ratio"] == pytest.approx(1.05)
+    assert result["interval_ratio"] == pytest.approx(1.10)
+    assert result["rayaccel_report_interval_s"] == [None, 11.0, 11.0]
+
+
+def test_ray_overhead_smoke_prints_its_table(ray_session, tmp_path, capsys):
+    bench = _load("ray_overhead")
+    results_file = tmp_path / "results.json"
+    assert bench.main(["--smoke", "--out", str(tmp_path), "--json", str(results_file)]) == 0
+    out = capsys.readouterr().out
+    assert "| steady (2..) |" in out and "rayaccel vs plain PyTorch per steady-state epoch" in out
+    results = json.loads(results_file.read_text())
+    assert results["images"] == 4000
+    assert len(results["plain_epoch_s"]) == len(results["rayaccel_loop_epoch_s"]) == 2
+    assert results["loop_ratio"] > 0 and results["interval_ratio"] > 0
+
+
+def test_data_pipeline_smoke_prints_throughput_and_replay_cut(ray_session, tmp_path, capsys):
+    bench = _load("data_pipeline")
+    results_file = tmp_path / "results.json"
+    assert bench.main(["--smoke", "--json", str(results_file)]) == 0
+    out = capsys.readouterr().out
+    assert "| output px | Ray Data images/s/CPU | DataLoader images/s/CPU |" in out
+    results = json.loads(results_file.read_text())
+    # The job's stages are 14, 20 and 28 px; each side decoded the whole fixture each time.
+    assert sorted(results["throughput"], key=int) == ["14", "20", "28"]
+    for sides in results["throughput"].values():
+        assert sides["ray_data"]["images"] == sides["dataloader"]["images"] == 4000
+    # Stage 0 replays 2x: each step trains a full batch from half as many fresh images.
+    (replay,) = results["replay"].values()
+    assert replay["trained"] == 2 * replay["fresh"] > 0

@@ -394,4 +394,4 @@ def test_dump_job_round_trips_timm_and_piecewise(tmp_path):
 def test_unknown_key_hints_list_the_core_keys():
     assert TOP_KEYS.startswith("data, model, train, scaling, run")
     assert TRAIN_KEYS.startswith("epochs, global_batch_size, optimizer, schedule")
-    assert AUGMENT_KEYS == "random_crop_padding_px, horizontal_flip"
+    assert AUGMENT_KEYS.startswith("random_crop_padding_px, horizontal_flip")

@@ -134,3 +134,30 @@ def test_pruned_run_and_continuation_from_a_checkpoint_prune_identically(ray_ses
     assert [row["epoch"] for row in continued] == [2]
     assert continued[0]["infobatch/keep_digest"] == rows[2]["infobatch/keep_digest"]
     assert continued[0]["infobatch/kept_samples"] == rows[2]["infobatch/kept_samples"]
+
+
+def test_infobatch_with_the_etpp_curriculum_and_replay(ray_session, tmp_path):
+    """Pruning per epoch, curriculum per stage: 14 px with 2x replay, then 20 and 28 px."""
+    job = yaml.safe_load((REPO_ROOT / "jobs" / "quickstart-etpp.yaml").read_text())
+    job["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
+    job["train"].update(epochs=2, log_every_steps=100)
+    job["train"]["schedule"]["warmup_epochs"] = 0.2
+    job["curriculum"].update(mode="resize", budget_epochs=1.5)
+    job["infobatch"] = {"prune_ratio": 0.5, "delta": 1.0}
+    job["run"].update(name="etpp-ib", storage_path=str(tmp_path))
+    path = tmp_path / "etpp-ib.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert main(["run", str(path)]) == 0
+
+    rows = _rows(tmp_path / "etpp-ib")
+    assert [r["resolution_px"] for r in rows] == [14, 20, 28]
+    assert rows[0]["infobatch/fraction_pruned"] == 0
+    assert all(r["infobatch/fraction_pruned"] > 0.1 for r in rows[1:])
+    # Stage 0 replays: twice the trained images per fresh one, fresh ones from the keep set.
+    assert rows[0]["train_images"] == 2 * rows[0]["fresh_images"]
+    for row in rows:
+        fresh_per_step = row["global_batch"] // row["replay_factor"]
+        assert row["fresh_images"] == row["steps"] * fresh_per_step
+        assert row["fresh_images"] <= row["infobatch/kept_samples"]
+    summary = json.loads((tmp_path / "etpp-ib" / "summary.json").read_text())
+    assert summary["eval_resolution_px"] == 28 and summary["final_val_acc"] > 0.3

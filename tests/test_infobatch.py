@@ -9,13 +9,10 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as torch_mp
 
 from rayaccel.methods.infobatch import (
     EpochSelection,
     InfoBatchScoreBoard,
-    gather_losses,
     weighted_loss,
 )
 
@@ -232,57 +229,6 @@ def test_weighted_loss_is_batch_mean_of_weighted_losses():
     loss = weighted_loss(losses, weights)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx((1 + 4 + 4) / 3)
-
-
-_LARGE_INDICES = [2**24 + 1, 2**40 + 3, 2**53 - 1]
-
-
-def test_gather_losses_keeps_large_indices_exact_with_bf16_losses():
-    # The hazard is real: bf16 cannot hold these indices.
-    assert torch.tensor(2**24 + 1).to(torch.bfloat16).long().item() != 2**24 + 1
-    indices = torch.tensor(_LARGE_INDICES, dtype=torch.int64)
-    losses = torch.tensor([0.5, 1.25, 3.0], dtype=torch.bfloat16)
-    gathered_indices, gathered_losses = gather_losses(indices, losses)
-    assert gathered_indices.dtype == np.int64 and gathered_losses.dtype == np.float32
-    assert gathered_indices.tolist() == _LARGE_INDICES
-    assert gathered_losses.tolist() == [0.5, 1.25, 3.0]
-    with pytest.raises(TypeError, match="int64"):
-        gather_losses(indices.float(), losses)
-
-
-def _gather_on_rank(rank: int, world_size: int, init_file: str, result_file: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
-    try:
-        # Rank 0 holds three samples, rank 1 one: exercises the padding path.
-        local_indices = _LARGE_INDICES if rank == 0 else [2**40 + 7]
-        local_losses = [0.5, 1.25, 3.0] if rank == 0 else [2.5]
-        gathered = gather_losses(
-            torch.tensor(local_indices, dtype=torch.int64),
-            torch.tensor(local_losses, dtype=torch.bfloat16),
-        )
-        if rank == 0:
-            with open(result_file, "wb") as file:
-                pickle.dump(gathered, file)
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.timeout(60)
-def test_gather_losses_across_two_gloo_processes(tmp_path):
-    result_file = tmp_path / "gathered.pkl"
-    torch_mp.spawn(
-        _gather_on_rank,
-        args=(2, str(tmp_path / "rendezvous"), str(result_file)),
-        nprocs=2,
-        join=True,
-    )
-    with open(result_file, "rb") as file:
-        gathered_indices, gathered_losses = pickle.load(file)
-    assert gathered_indices.dtype == np.int64
-    assert gathered_indices.tolist() == [*_LARGE_INDICES, 2**40 + 7]
-    assert gathered_losses.tolist() == [0.5, 1.25, 3.0, 2.5]
 
 
 def test_selection_pickles_to_two_bits_per_sample():

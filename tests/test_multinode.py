@@ -36,7 +36,7 @@ from rayaccel.train.shard_audit import combine_digests, index_digest
 pytestmark = pytest.mark.ray
 
 QUICKSTART = str(REPO_ROOT / "jobs" / "quickstart.yaml")
-RUN_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 600  # generous: other work may share the cores
 # 4,000 fixture rows over 2 workers at 50 per worker and step: 40 steps cover every row.
 COVERING_BATCH = ["train.global_batch_size=100"]
 ONE_WORKER_NODE = {"num_cpus": 2, "resources": {"trainer": 1}}
@@ -51,15 +51,9 @@ def cluster(monkeypatch):
     monkeypatch.setattr(ray._common.utils, "reset_ray_address", lambda *a, **k: None)
     # Short path: Ray's unix socket paths live under it and must stay below 108 bytes.
     temp_dir = tempfile.mkdtemp(prefix="rayaccel-mn-")
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            **ONE_WORKER_NODE,
-            "temp_dir": temp_dir,
-            "include_dashboard": False,
-        },
-    )
+    cluster = Cluster()
     try:
+        cluster.add_node(**ONE_WORKER_NODE, temp_dir=temp_dir, include_dashboard=False)
         yield cluster
     finally:
         cluster.shutdown()
@@ -131,7 +125,7 @@ def test_elastic_group_grows_when_a_node_joins_and_finishes(cluster, tmp_path):
     log = tmp_path / "run.log"
     run_dir = tmp_path / "elastic"
     overrides = common_overrides(tmp_path, "elastic") + [
-        "train.epochs=4",
+        "train.epochs=3",
         "scaling.num_workers=[1, 2]",
         "scaling.resources_per_worker={CPU: 0.5, trainer: 1}",
         "scaling.resize_check_interval_s=2",
@@ -150,7 +144,7 @@ def test_elastic_group_grows_when_a_node_joins_and_finishes(cluster, tmp_path):
             process.wait()
 
     rows = metrics(run_dir)
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert rows[0]["world_size"] == 1 and len(rows[0]["workers"]) == 1
     assert rows[-1]["world_size"] == 2
     assert len({w["node_id"] for w in rows[-1]["workers"]}) == 2
@@ -160,4 +154,4 @@ def test_elastic_group_grows_when_a_node_joins_and_finishes(cluster, tmp_path):
         assert row["train_images"] == 31 * 128
     assert "resumed from checkpoint" in log.read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["epochs_completed"] == 4
+    assert summary["epochs_completed"] == 3

@@ -12,7 +12,7 @@ from conftest import REPO_ROOT
 from rayaccel.cli import EXIT_BAD_INPUT, main
 from rayaccel.config import ConfigError, load_job
 from rayaccel.plan import make_plan
-from rayaccel.tune.common import merge_curriculum, nested, set_field
+from rayaccel.tune.common import nested, set_field
 from rayaccel.tune.curriculum_search import (
     CandidateResult,
     curriculum_section,
@@ -22,6 +22,7 @@ from rayaccel.tune.curriculum_search import (
     within_budget,
 )
 from rayaccel.tune.field_search import domain_extremes, overrides_text
+from rayaccel.tune.include import merge_curriculum
 from rayaccel.tune.lr_scaling_search import best_lr_per_batch, elb_section, fit_rule, trial_grid
 from rayaccel.tune.spec import Choice, LogUniform, Uniform, load_search
 
@@ -251,3 +252,31 @@ def test_alpha_formula_matches_scale_lr():
     lr = scale_lr(0.2, batch=512, base_batch=128, rule="fitted", alpha=0.6, lr_max=None)
     assert lr == pytest.approx(0.2 * 4**0.6)
     assert not math.isnan(lr)
+
+
+def test_concurrency_problem_needs_one_free_cpu_for_ray_data():
+    from rayaccel.tune.common import concurrency_problem
+
+    assert concurrency_problem(2, 2, 0.25) == ""
+    assert "leaving less than the 1 CPU" in concurrency_problem(2, 2, 0.5)
+
+
+def test_leaked_placement_groups_are_this_jobs_new_held_groups():
+    from rayaccel.tune.common import leaked_placement_groups
+
+    table = {
+        "aa01000000": {"state": "CREATED"},  # held before the search
+        "bb01000000": {"state": "CREATED"},  # new, this job: leaked
+        "cc01000000": {"state": "REMOVED"},  # new, freed
+        "dd02000000": {"state": "CREATED"},  # another job's
+    }
+    assert leaked_placement_groups({"aa01000000"}, table, "01000000") == ["bb01000000"]
+
+
+def test_stage_magnitudes_follow_the_base_curriculum():
+    from rayaccel.tune.curriculum_search import stage_magnitudes
+
+    custom = {"preset": "custom", "stages": [{"randaug_magnitude": m} for m in (0, 2, 4)]}
+    assert stage_magnitudes(custom, 3) == [0, 2, 4]
+    assert stage_magnitudes(custom, 2) == [0, 4]
+    assert stage_magnitudes({"preset": "et++"}, 2) == [0, 9]

@@ -11,6 +11,7 @@ The loop reads top to bottom and calls, in this order:
     after_step()               after the optimizer step (EMA)
     on_epoch_end() -> dict     namespaced metrics, e.g. {"replay/buffer_samples": 4096}
     state_dict() / load_state_dict(state)   checkpointed with the model (rank 0's copy)
+    evaluation_weights()       a context the loop evaluates in (EMA swaps its weights in)
 
 A method subclasses `Hook` and overrides only the points it needs; each point passes through
 every hook in the order `build_hooks` gives, which is where ordering rules between methods

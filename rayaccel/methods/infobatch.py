@@ -15,9 +15,9 @@ Where the pieces run:
   augmented. The filter is a per-row function of the global index, and Ray Data's
   ``streaming_split`` hands every row to exactly one worker, so the workers' shards are disjoint
   and together hold exactly the epoch's keep set; no separate shard assignment exists.
-- Workers train with :func:`weighted_loss`, collect ``(index, loss)`` pairs with
-  :func:`gather_losses` and pass them to the driver, which calls
-  :meth:`InfoBatchScoreBoard.update`.
+- Workers train with :func:`weighted_loss` and send their ``(int64 index, float32 loss)`` pairs
+  to the board, which calls :meth:`InfoBatchScoreBoard.update` (``rayaccel.train.pruning``
+  holds the Ray side: the board actor, the Ray Data filter and the loop hook).
 
 Decisions where the paper and reference code leave room:
 
@@ -48,10 +48,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-
-# Padding index for variable-length all_gather; real indices are >= 0.
-_PAD_INDEX = -1
 
 
 def first_full_epoch(delta: float, total_epochs: int) -> int:
@@ -422,73 +418,6 @@ class InfoBatchScoreBoard:
         self.bookkeeping_seconds = float(state["bookkeeping_seconds"])
 
 
-def gather_losses(
-    indices: torch.Tensor,
-    losses: torch.Tensor,
-    *,
-    group: dist.ProcessGroup | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Collect (sample index, per-sample loss) pairs from every rank, as numpy.
-
-    Losses are cast to float32 first, and indices and losses travel in separate int64 and
-    float32 collectives, so indices never share a tensor with a bf16/fp16 loss (bf16 holds
-    integers exactly only up to 256, fp16 up to 2048). Ranks may hold different counts: each pads
-    to the longest with index -1 and the padding is stripped by the gathered lengths. Without an
-    initialised process group the local pairs are returned.
-
-    Args:
-        indices: 1-D int64 global sample indices of this rank's samples.
-        losses: Per-sample losses aligned with ``indices``, any floating dtype and device.
-        group: Process group; None means the default group.
-
-    Returns:
-        ``(indices, losses)`` as int64 and float32 arrays, ranks concatenated in rank order.
-
-    Raises:
-        TypeError: If ``indices`` is not int64.
-        ValueError: If the tensors are not 1-D of equal length.
-    """
-    if indices.dtype != torch.int64:
-        raise TypeError(f"indices must be torch.int64, got {indices.dtype}")
-    if indices.ndim != 1 or losses.shape != indices.shape:
-        raise ValueError(
-            f"indices and losses must be 1-D of equal length, got {tuple(indices.shape)} "
-            f"and {tuple(losses.shape)}"
-        )
-    losses = losses.detach().to(torch.float32)
-    indices = indices.detach()
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
-        return indices.cpu().numpy(), losses.cpu().numpy()
-
-    device = (
-        torch.device("cuda", torch.cuda.current_device())
-        if dist.get_backend(group) == "nccl"
-        else torch.device("cpu")
-    )
-    world_size = dist.get_world_size(group)
-    local_length = torch.tensor([indices.numel()], dtype=torch.int64, device=device)
-    lengths = [torch.empty_like(local_length) for _ in range(world_size)]
-    dist.all_gather(lengths, local_length, group=group)
-    counts = [int(length.item()) for length in lengths]
-    max_length = max(counts)
-
-    padded_indices = torch.full((max_length,), _PAD_INDEX, dtype=torch.int64, device=device)
-    padded_indices[: indices.numel()] = indices.to(device)
-    padded_losses = torch.zeros(max_length, dtype=torch.float32, device=device)
-    padded_losses[: losses.numel()] = losses.to(device)
-    gathered_indices = [torch.empty_like(padded_indices) for _ in range(world_size)]
-    gathered_losses = [torch.empty_like(padded_losses) for _ in range(world_size)]
-    dist.all_gather(gathered_indices, padded_indices, group=group)
-    dist.all_gather(gathered_losses, padded_losses, group=group)
-    all_indices = np.concatenate(
-        [chunk[:count].cpu().numpy() for chunk, count in zip(gathered_indices, counts, strict=True)]
-    )
-    all_losses = np.concatenate(
-        [chunk[:count].cpu().numpy() for chunk, count in zip(gathered_losses, counts, strict=True)]
-    )
-    return all_indices, all_losses
-
-
 def weighted_loss(per_sample_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``loss * weight``: the InfoBatch training loss.
 
@@ -505,6 +434,14 @@ def weighted_loss(per_sample_loss: torch.Tensor, weights: torch.Tensor) -> torch
 
     Returns:
         Scalar loss in float32, or float64 for float64 losses.
+    """
+    return weight_losses(per_sample_loss, weights).mean()
+
+
+def weight_losses(per_sample_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``loss * weight`` (the loop averages over the batch: see :func:`weighted_loss`).
+
+    bf16/fp16 losses from autocast are weighted in float32; float64 losses stay float64.
 
     Raises:
         ValueError: If the tensors are not 1-D of equal length.
@@ -514,7 +451,6 @@ def weighted_loss(per_sample_loss: torch.Tensor, weights: torch.Tensor) -> torch
             "per_sample_loss and weights must be 1-D of equal length, got "
             f"{tuple(per_sample_loss.shape)} and {tuple(weights.shape)}"
         )
-    # bf16/fp16 losses from autocast are summed in float32; float64 losses stay float64.
     dtype = torch.promote_types(per_sample_loss.dtype, torch.float32)
     weights = weights.to(device=per_sample_loss.device, dtype=dtype)
-    return (per_sample_loss.to(dtype) * weights).mean()
+    return per_sample_loss.to(dtype) * weights

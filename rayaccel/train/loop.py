@@ -291,13 +291,20 @@ def train_loop_per_worker(config: dict) -> dict:
             "images_seen": state.images_seen,
             "fresh_images_seen": state.fresh_images_seen,
             "world_size": context.get_world_size(),
+            # Lets the driver free the worker group's resources if Ray Train leaves them held
+            # (`rayaccel.train.runner.free_placement_group`).
+            "placement_group_id": ray.get_runtime_context().get_placement_group_id(),
             # Per worker; the controller's MetricsLog gathers them into one `workers` list.
             "worker": audit.facts(rank=rank, node_id=ray.get_runtime_context().get_node_id()),
             **hooks.on_epoch_end(),
             **({"val_" + k: v for k, v in val_metrics.items()} if val_metrics else {}),
         }
         _report(metrics, state, epoch, last, settings, rank, model, optimizer, scaler, hooks)
-    return {"next_epoch": state.next_epoch, "images_seen": state.images_seen}
+    return {
+        "next_epoch": state.next_epoch,
+        "images_seen": state.images_seen,
+        "placement_group_id": ray.get_runtime_context().get_placement_group_id(),
+    }
 
 
 def _unpack(batch: dict, device: torch.device) -> StepBatch:

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from rayaccel.methods.hooks import Hook, StepBatch
-from rayaccel.methods.infobatch import EpochSelection, InfoBatchScoreBoard
+from rayaccel.methods.infobatch import EpochSelection, InfoBatchScoreBoard, weight_losses
 
 WEIGHT_COLUMN = "loss_weight"
 
@@ -159,7 +159,7 @@ class InfoBatchHook(Hook):
         self.losses.append(losses.detach().float())
         if batch.weights is None:
             return losses
-        return losses * batch.weights.to(losses.device, losses.dtype)
+        return weight_losses(losses, batch.weights)
 
     def on_epoch_end(self) -> dict[str, float]:
         started_s = time.perf_counter()

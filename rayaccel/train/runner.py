@@ -200,10 +200,9 @@ def recipe_settings(job: JobConfig, plan: Plan) -> dict:
     }
     if worker_augment["crop_padding_px"] == 0 and flip == "none" and augment.cutout_px == 0:
         worker_augment = None
-    def dumped(section, **rename) -> dict | None:
-        if section is None:
-            return None
-        return {rename.get(k, k): v for k, v in section.model_dump().items()}
+
+    def dumped(section) -> dict | None:
+        return section.model_dump() if section is not None else None
 
     return {
         "data_mode": data.mode,
@@ -319,6 +318,7 @@ def run_job(
     finally:
         if board is not None:
             ray.kill(board)
+    free_placement_group((result.return_value or {}).get("placement_group_id"))
     summary = summarize(folder, plan, wall_time_s=time.time() - started_s)
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     folder.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
@@ -353,6 +353,27 @@ def _score_board(job: JobConfig, plan: Plan):
         total_epochs=plan.total_epochs,
         seed=job.train.seed,
     )
+
+
+def free_placement_group(placement_group_id: str | None) -> bool:
+    """Removes a finished run's worker placement group if it is still held; True if it was.
+
+    Ray Train frees it through a cleaner actor that asks the state API whether the run's
+    controller is alive. Where that query fails (several Ray instances on one machine: it
+    cannot tell which to ask) the group keeps its CPUs until the driver exits, and the next
+    runs of a Tune search wait for them forever.
+    """
+    if not placement_group_id:
+        return False
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    info = ray.util.placement_group_table().get(placement_group_id)
+    if info is None or info["state"] != "CREATED":
+        return False
+    remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(placement_group_id)))
+    print(f"[rayaccel] freed placement group {placement_group_id} the run left held", flush=True)
+    return True
 
 
 def _datasets(job: JobConfig, plan: Plan, *, board=None) -> dict:

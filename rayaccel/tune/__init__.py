@@ -3,11 +3,11 @@
 Each trial of a search runs Ray Train runs of the base job (the Train-in-Tune pattern of Ray
 2.60: a function trainable that calls `TorchTrainer.fit()`); results and the best
 configuration are written as YAML a job can take (`rayaccel run JOB --curriculum FILE`).
+Ray is imported only when a search runs, so job loading can use `rayaccel.tune.include`.
 """
 
 from __future__ import annotations
 
-from rayaccel.tune.common import SearchFailed
 from rayaccel.tune.spec import CurriculumSearch, LrScalingSearch, load_search
 
 
@@ -30,4 +30,4 @@ def run_search(path: str, output: str | None = None) -> tuple[dict, str]:
     return summary, format_field_results(summary)
 
 
-__all__ = ["SearchFailed", "load_search", "run_search"]
+__all__ = ["load_search", "run_search"]

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray import tune
 
 from rayaccel.config import ConfigError, JobConfig, parse_job, read_yaml
 from rayaccel.config import resolve_data as resolve_job_data
+from rayaccel.train.runner import free_placement_group
 from rayaccel.tune.spec import TrialResources
 
 # Tune trials reserve only a sliver of a CPU: their training runs in Ray Train's workers,
@@ -108,6 +110,7 @@ def run_tuner(
     scheduler=None,
     num_samples: int = 1,
     search_alg=None,
+    trial_cpus: float = 0.0,
 ):
     """Runs one Tune experiment of function trainables that each launch Ray Train runs.
 
@@ -115,10 +118,15 @@ def run_tuner(
     frees their placement groups), which `ray.init()` starts where `ray[default]` is installed.
     """
     import ray
-    from ray import tune
 
     if not ray.is_initialized():
         ray.init()
+    problem = concurrency_problem(
+        ray.cluster_resources().get("CPU", 0), max_concurrent_trials, trial_cpus
+    )
+    if problem:
+        print(f"[rayaccel] warning: {problem}", flush=True)
+    before = set(ray.util.placement_group_table())
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS}),
         param_space=param_space,
@@ -134,9 +142,72 @@ def run_tuner(
             name=experiment,
             storage_path=str(folder / "tune"),
             verbose=1,
+            callbacks=[_FreeStoppedTrials()],
         ),
     )
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:
+        _remove_leaked_placement_groups(before)
+
+
+class _FreeStoppedTrials(tune.Callback):
+    """Frees the worker group of a trial Tune stopped (ASHA) as soon as it ends.
+
+    A stopped trial is killed with its Ray Train run, so the run cannot free its placement
+    group itself; its last result names it (the loop reports `placement_group_id`).
+    """
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        free_placement_group((trial.last_result or {}).get("placement_group_id"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        free_placement_group((trial.last_result or {}).get("placement_group_id"))
+
+
+def concurrency_problem(cluster_cpus: float, concurrent_trials: int, trial_cpus: float) -> str:
+    """Why concurrent trials could stall on this cluster, or "" when they fit.
+
+    Ray Data lists a dataset's files in a task that reserves one whole CPU, outside the
+    trial's reservation; if the trials' workers leave less than that free, every trial
+    waits for it forever.
+    """
+    reserved = concurrent_trials * (trial_cpus + TRIAL_DRIVER_CPUS)
+    if cluster_cpus - reserved >= 1:
+        return ""
+    return (
+        f"{concurrent_trials} concurrent trials reserve {reserved:g} of the cluster's "
+        f"{cluster_cpus:g} CPUs, leaving less than the 1 CPU Ray Data's file listing needs; "
+        "lower max_concurrent_trials or trial.cpus_per_worker unless the cluster autoscales"
+    )
+
+
+def leaked_placement_groups(before: set[str], table: dict[str, dict], job_hex: str) -> list[str]:
+    """Placement groups this driver's job created during a search that are still held.
+
+    A placement group id ends with the id of the job that created it (Ray's id layout).
+    """
+    return [
+        pg_id
+        for pg_id, info in table.items()
+        if pg_id not in before and info["state"] == "CREATED" and pg_id.endswith(job_hex)
+    ]
+
+
+def _remove_leaked_placement_groups(before: set[str]) -> None:
+    """Frees what trials stopped by Tune (ASHA) left behind.
+
+    Ray Train's own cleaner frees a killed run's worker placement group through the state
+    API, which fails when it cannot tell which Ray instance to ask (several on one machine);
+    the group would then hold its CPUs until the driver exits and later trials would wait
+    forever. Once `fit()` returned no trial of this search is running, so whatever placement
+    group this job created meanwhile and still holds is a leftover.
+    """
+    import ray
+
+    job_hex = ray.get_runtime_context().get_job_id()
+    for pg_id in leaked_placement_groups(before, ray.util.placement_group_table(), job_hex):
+        free_placement_group(pg_id)
 
 
 def trial_errors(results) -> list[str]:
@@ -180,32 +251,6 @@ class Stopwatch:
         return time.time() - self.started_s
 
 
-def load_curriculum_file(path: str | Path) -> dict[str, Any]:
-    """The `curriculum` mapping of a file written by a search (or by hand)."""
-    raw = read_yaml(path)
-    section = raw.get("curriculum")
-    if set(raw) != {"curriculum"} or not isinstance(section, dict):
-        raise ConfigError(
-            [f"{path}: must hold one `curriculum:` mapping (as written by `rayaccel tune`)"]
-        )
-    return section
-
-
-def merge_curriculum(raw_job: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:
-    """The job with a curriculum file applied.
-
-    A file that names its `preset` brings a whole curriculum and replaces the job's; a file
-    without one (an LR rule: `lr_alpha`, `lr_max`) changes only those keys of the job's.
-    """
-    raw_job = copy.deepcopy(raw_job)
-    current = raw_job.get("curriculum")
-    if "preset" in section or not isinstance(current, dict):
-        raw_job["curriculum"] = copy.deepcopy(section)
-    else:
-        raw_job["curriculum"] = {**current, **copy.deepcopy(section)}
-    return raw_job
-
-
 def job_trial(config: dict) -> None:
     """A Tune trial that trains the base job with dotted changes and reports every epoch.
 
@@ -213,7 +258,6 @@ def job_trial(config: dict) -> None:
     values Tune chose. Ray Train's `TuneReportCallback` turns each epoch's report into a Tune
     result, so ASHA can stop the trial between epochs.
     """
-    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from rayaccel.train.runner import run_job

@@ -88,11 +88,12 @@ def curriculum_section(
 
 def stage_magnitudes(base: dict[str, Any], num_stages: int) -> list[float]:
     """RandAugment magnitude per stage: the base custom curriculum's when it has as many
-    stages, else the ET++ linear ramp 0..9."""
+    stages, else the ET++ linear ramp from 0 up to the base's strongest stage (9 for et++)."""
     stages = base.get("stages") or []
+    magnitudes = [float(s.get("randaug_magnitude", 0.0)) for s in stages]
     if base.get("preset") == "custom" and len(stages) == num_stages:
-        return [float(s.get("randaug_magnitude", 0.0)) for s in stages]
-    return etpp_magnitudes(num_stages)
+        return magnitudes
+    return etpp_magnitudes(num_stages, max(magnitudes) if magnitudes else 9.0)
 
 
 def stage_cost_epochs(plan: Plan, stage_index: int) -> float:
@@ -202,7 +203,7 @@ def run_curriculum_search(search: CurriculumSearch, source: str, output: str | N
         )
     epochs = base["train"]["epochs"]
     beta = search.beta or base_curriculum["budget_epochs"] / epochs
-    budget_epochs = beta * epochs
+    budget_epochs = round(beta * epochs, 6)
     magnitudes = stage_magnitudes(base_curriculum, search.num_stages)
     train_samples = read_meta(base["data"]["train"]).count
     proxy_lr = search.proxy_lr or base["train"]["optimizer"]["lr"] / 10
@@ -257,6 +258,7 @@ def run_curriculum_search(search: CurriculumSearch, source: str, output: str | N
             experiment=f"{search.name}-stage{k}",
             folder=folder,
             max_concurrent_trials=search.max_concurrent_trials,
+            trial_cpus=search.trial.num_workers * search.trial.cpus_per_worker,
             metric="score",
         )
         stage_walls.append(stage_watch.elapsed_s())

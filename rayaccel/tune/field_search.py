@@ -95,6 +95,7 @@ def run_field_search(search: FieldSearch, source: str, output: str | None) -> di
         experiment=search.name,
         folder=folder,
         max_concurrent_trials=search.max_concurrent_trials,
+        trial_cpus=search.trial.num_workers * search.trial.cpus_per_worker,
         metric="val_acc",
         scheduler=asha(epochs, min(search.grace_epochs, epochs)),
         num_samples=search.num_samples,

@@ -1,7 +1,9 @@
 """Large-batch LR-scaling search (METHODS.md section 6) on Ray Tune with ASHA.
 
 Every (batch size, LR multiplier) pair is a short full-resolution training of the base job
-(no curriculum), all in parallel trials; ASHA stops the worse half at each rung of epochs. A
+(no curriculum). The multipliers of one batch size run as one Tune experiment of parallel
+trials, with ASHA stopping the worse half at each rung of epochs (across batch sizes ASHA
+would compare unequal numbers of steps); batch sizes run one after the other. A
 trial's LR is `multiplier * lr * sqrt(B / base_batch)`, so the grid brackets the square-root
 rule. Per batch size the best LR is the trial that trained longest (ASHA kept it) with the
 highest final validation accuracy. The rule `lr = lr_base * (B / base_batch)^alpha` is fitted
@@ -121,22 +123,30 @@ def run_lr_scaling_search(search: LrScalingSearch, source: str, output: str | No
 
     from ray import tune
 
-    results = run_tuner(
-        job_trial,
-        param_space={"base": base, "changes": tune.grid_search(grid)},
-        experiment=search.name,
-        folder=folder,
-        max_concurrent_trials=search.max_concurrent_trials,
-        metric="val_acc",
-        scheduler=asha(search.epochs, search.grace_epochs),
-    )
-    rows = epoch_results(results, [BATCH, LR])
+    # One experiment per batch size: ASHA compares trials at equal epochs, and an epoch of a
+    # smaller batch takes more steps, so across batch sizes it would stop the larger ones.
+    rows, errors = [], []
+    for batch in search.batch_sizes:
+        results = run_tuner(
+            job_trial,
+            param_space={
+                "base": base,
+                "changes": tune.grid_search([c for c in grid if c[BATCH] == batch]),
+            },
+            experiment=f"{search.name}-b{batch}",
+            folder=folder,
+            max_concurrent_trials=search.max_concurrent_trials,
+            trial_cpus=search.trial.num_workers * search.trial.cpus_per_worker,
+            metric="val_acc",
+            scheduler=asha(search.epochs, search.grace_epochs),
+        )
+        rows += epoch_results(results, [BATCH, LR])
+        errors += trial_errors(results)
     best = best_lr_per_batch(rows)
     missing = [b for b in search.batch_sizes if b not in best]
     if missing:
         raise SearchFailed(
-            f"no trial with batch sizes {missing} reported a result: "
-            + "; ".join(trial_errors(results))
+            f"no trial with batch sizes {missing} reported a result: " + "; ".join(errors)
         )
     rule = fit_rule(best, base_batch)
     elb = elb_section(rule)
@@ -149,7 +159,7 @@ def run_lr_scaling_search(search: LrScalingSearch, source: str, output: str | No
         "search_cost_epochs": sum(r["epochs"] for r in rows),
         "search_wall_time_s": watch.elapsed_s(),
         "trials": sorted(rows, key=lambda r: (r[BATCH], r[LR])),
-        "failed_trials": trial_errors(results),
+        "failed_trials": errors,
     }
     rule_path = Path(output) if output else folder / "lr_rule.yaml"
     write_yaml(
