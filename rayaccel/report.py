@@ -188,7 +188,9 @@ def accuracy_figure(records: list[RunRecord]) -> Figure:
     if by_compute.get_legend_handles_labels()[0]:
         by_compute.legend(loc="lower right")
     else:
-        by_compute.text(0.5, 0.5, "no validation split", ha="center", transform=by_compute.transAxes)
+        by_compute.text(
+            0.5, 0.5, "no validation split", ha="center", transform=by_compute.transAxes
+        )
     fig.suptitle("Validation accuracy (hollow: evaluated below full resolution)")
     return fig
 

@@ -265,3 +265,14 @@ def test_cli_report_of_a_folder_that_is_not_a_run_exits_2_with_a_clear_error(tmp
         "`rayaccel run` printed as its run folder, e.g. runs/quickstart\n"
     )
     assert "Traceback" not in err and not list(tmp_path.glob("report*"))
+
+
+def test_run_folder_gets_its_plots_and_a_failure_only_warns(tmp_path, capsys):
+    from rayaccel.train.runner import RunFolder, _write_plots
+
+    _write_run(tmp_path / "done", _baseline())
+    _write_plots(RunFolder(str(tmp_path / "done")))
+    for name in PLOT_FILES:
+        assert (tmp_path / "done" / name).read_bytes().startswith(PNG_SIGNATURE)
+    _write_plots(RunFolder(str(tmp_path / "empty")))  # no plan.json: a warning, no exception
+    assert "warning: could not write the plots" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from rayaccel.methods.frequency import lowpass_crop
 from rayaccel.methods.hooks import StepBatch, build_hooks
 from rayaccel.methods.tta import predict_with_tta
 from rayaccel.models import build_model
+from rayaccel.models.resolution import fit_to_resolution
 from rayaccel.plan import Plan
 from rayaccel.train import recipe
 from rayaccel.train.checkpoint import (
@@ -189,6 +190,7 @@ def train_loop_per_worker(config: dict) -> dict:
         stage = plan.stage_of(epoch)
         if stage.index != stage_index:
             stage_index = stage.index
+            fit_to_resolution(unwrap(model), stage.resolution_px)
             hooks.on_stage_start(stage)
         hooks.on_epoch_start(epoch)
         model.train()
@@ -261,6 +263,7 @@ def train_loop_per_worker(config: dict) -> dict:
         val_metrics = {}
         if settings.has_val and (last or (epoch + 1) % settings.eval_every_epochs == 0):
             val_px = plan.full_resolution_px if last else stage.resolution_px
+            fit_to_resolution(unwrap(model), val_px)
             with hooks.evaluation_weights():
                 val_metrics = evaluate(
                     model,
