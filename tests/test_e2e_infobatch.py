@@ -137,14 +137,15 @@ def test_pruned_run_and_continuation_from_a_checkpoint_prune_identically(ray_ses
 
 
 def test_infobatch_with_the_etpp_curriculum_and_replay(ray_session, tmp_path):
-    """Pruning per epoch, curriculum per stage: 14 px with 2x replay, then 20 and 28 px."""
+    """Pruning per epoch, curriculum per stage: 14 px with 2x replay, then 20 and 28 px; then a
+    resume in the middle of the curriculum."""
     job = yaml.safe_load((REPO_ROOT / "jobs" / "quickstart-etpp.yaml").read_text())
     job["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
     job["train"].update(epochs=2, log_every_steps=100)
     job["train"]["schedule"]["warmup_epochs"] = 0.2
     job["curriculum"].update(mode="resize", budget_epochs=1.5)
     job["infobatch"] = {"prune_ratio": 0.5, "delta": 1.0}
-    job["run"].update(name="etpp-ib", storage_path=str(tmp_path))
+    job["run"].update(name="etpp-ib", storage_path=str(tmp_path), keep_checkpoints=3)
     path = tmp_path / "etpp-ib.yaml"
     path.write_text(yaml.safe_dump(job))
     assert main(["run", str(path)]) == 0
@@ -161,3 +162,15 @@ def test_infobatch_with_the_etpp_curriculum_and_replay(ray_session, tmp_path):
         assert row["fresh_images"] <= row["infobatch/kept_samples"]
     summary = json.loads((tmp_path / "etpp-ib" / "summary.json").read_text())
     assert summary["eval_resolution_px"] == 28 and summary["final_val_acc"] > 0.3
+
+    # Resume in the middle of the curriculum (after stage 0): stages 1 and 2 run at their own
+    # resolutions and batch sizes, and epoch 1 prunes exactly as in the uninterrupted run.
+    checkpoints = sorted(p for p in (tmp_path / "etpp-ib").glob("checkpoint_*") if p.is_dir())
+    job["run"]["name"] = "etpp-ib-resumed"
+    path.write_text(yaml.safe_dump(job))
+    run_job(load_job(path, []), start_checkpoint=str(checkpoints[0]))
+    resumed = _rows(tmp_path / "etpp-ib-resumed")
+    assert [r["epoch"] for r in resumed] == [1, 2]
+    for key in ("resolution_px", "global_batch", "replay_factor", "steps"):
+        assert [r[key] for r in resumed] == [r[key] for r in rows[1:]], key
+    assert resumed[0]["infobatch/keep_digest"] == rows[1]["infobatch/keep_digest"]
