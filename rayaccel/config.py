@@ -66,6 +66,9 @@ class ParquetData(_Strict):
     on_bad_row: Literal["fail", "skip"] = "fail"
     augment: AugmentConfig = AugmentConfig()
     decode_batch_rows: int = Field(256, ge=1)
+    # classification (one label per image) or segmentation (a class per pixel, `mask`
+    # column); None means: take it from the train split's metadata.json.
+    task: Literal["classification", "segmentation"] | None = None
     # ray: Ray Data decodes and augments every epoch on CPU tasks; device: each worker decodes
     # its disjoint part of the splits once, keeps the uint8 pixels on its device and augments
     # whole batches there (datasets that fit in device memory, e.g. CIFAR or Fashion-MNIST).
@@ -93,10 +96,16 @@ class ResNet9Model(_Strict):
 
 
 class TimmModel(_Strict):
-    """Any timm model, built with `timm.create_model(name, **kwargs)`."""
+    """Any timm model, built with `timm.create_model(name, **kwargs)`.
+
+    For a segmentation data set the model is a timm backbone (`features_only`) with a small
+    FPN neck of `fpn_channels` channels and a per-pixel classifier head
+    (`rayaccel.models.segmentation`).
+    """
 
     name: str = Field(min_length=1)
     kwargs: dict[str, Any] = {}
+    fpn_channels: int = Field(64, ge=8, le=1024)
 
     @field_validator("kwargs")
     @classmethod
@@ -123,14 +132,57 @@ ModelConfig = Annotated[
 
 # ---------------------------------------------------------------- train
 class OptimizerConfig(_Strict):
-    """SGD with Nesterov momentum or AdamW; norms and biases never get weight decay."""
+    """SGD with Nesterov momentum, AdamW, LARS or LAMB; norms and biases never get weight
+    decay (nor, with LARS and LAMB, a trust ratio)."""
 
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "adamw", "lars", "lamb"] = "sgd"
     lr: float = Field(gt=0, le=100)
+    # SGD and LARS.
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
+    # AdamW and LAMB.
     betas: tuple[float, float] = (0.9, 0.999)
+    # LARS's eta: the per-layer rate is lr * eta * |w| / (|g| + weight_decay * |w|).
+    trust_coefficient: float = Field(0.001, gt=0, le=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"both betas must be in [0, 1), got {list(betas)}")
+        return betas
+
+
+class LrScalingSection(_Strict):
+    """How the learning rate follows the global batch (METHODS.md section 6).
+
+    `train.optimizer.lr` is the rate at `base_batch`; the job trains at
+    `lr * (train.global_batch_size / base_batch) ** e` with e = 1 (`linear`, Goyal et al.), 0.5
+    (`sqrt`), `alpha` (`fitted`, from `rayaccel tune` LR-scaling searches) or 0 (`none`, for
+    LARS/LAMB runs tuned at their batch), capped at `lr_max`. With an EfficientTrain++
+    curriculum the same exponent and cap give each Early-Large-Batch stage its rate.
+    `scale_warmup` lengthens `train.schedule.warmup_epochs` by one warmup per doubling of the
+    batch beyond the base (`rayaccel.methods.lr_scaling.linear_warmup_epochs_for`).
+    """
+
+    rule: Literal["linear", "sqrt", "fitted", "none"]
+    base_batch: int = Field(ge=1)
+    alpha: float | None = Field(None, ge=0, le=2)
+    lr_max: float | None = Field(None, gt=0, le=100)
+    scale_warmup: bool = False
+
+    @model_validator(mode="after")
+    def _alpha_with_fitted(self) -> LrScalingSection:
+        if self.rule == "fitted" and self.alpha is None:
+            raise ValueError("rule 'fitted' needs alpha (the exponent an LR-scaling search wrote)")
+        if self.rule != "fitted" and self.alpha is not None:
+            raise ValueError(f"alpha is only used by rule 'fitted', not {self.rule!r}")
+        return self
+
+    @property
+    def exponent(self) -> float:
+        return {"linear": 1.0, "sqrt": 0.5, "none": 0.0}.get(self.rule, self.alpha)
 
 
 class CosineSchedule(_Strict):
@@ -186,6 +238,8 @@ class TrainConfig(_Strict):
     seed: int = 0
     eval_every_epochs: int = Field(1, ge=1)
     log_every_steps: int = Field(20, ge=1)
+    # None: train.optimizer.lr is the rate at train.global_batch_size.
+    lr_scaling: LrScalingSection | None = None
 
 
 # ---------------------------------------------------------------- tricks
@@ -638,6 +692,109 @@ class InfoBatchSection(_Strict):
     delta: float = Field(0.875, gt=0, le=1)
 
 
+# ---------------------------------------------------------------- large batch
+class AgvmSection(_Strict):
+    """AGVM: per-component LR multipliers from gradient variance (METHODS.md section 5).
+
+    `components` maps a component name to parameter-name patterns (shell-style, `*` also
+    matches dots, or `re:` regular expressions); the first component is the reference
+    (backbone) and one component holds the catch-all `*`. None means backbone vs head for
+    classifiers and backbone / neck / head for segmentation models. Every `interval` steps
+    from `start_step` on (counted over the whole run), each worker's batch is split into two
+    halves for two backward passes, so per-worker batches must be even.
+    """
+
+    components: dict[str, list[str]] | None = None
+    start_step: int = Field(50, ge=0)
+    interval: int = Field(10, ge=1)
+    momentum: float = Field(0.97, ge=0, lt=1)
+    clip: tuple[float, float] = (0.5, 10.0)
+    eps: float = Field(1e-6, gt=0)
+
+    @field_validator("components")
+    @classmethod
+    def _patterns(cls, components: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        if components is not None:
+            from rayaccel.methods.agvm import check_patterns
+
+            check_patterns(components)
+        return components
+
+    @field_validator("clip")
+    @classmethod
+    def _clip(cls, clip: tuple[float, float]) -> tuple[float, float]:
+        low, high = clip
+        if not 0 < low <= 1 <= high:
+            raise ValueError(f"must be [low, high] with 0 < low <= 1 <= high, got {list(clip)}")
+        return clip
+
+
+def large_batch_problems(job: JobConfig) -> list[str]:
+    """LR scaling and AGVM settings that validate alone but not with the rest of the job."""
+    problems = []
+    scaling = job.train.lr_scaling
+    if scaling is not None:
+        if (
+            scaling.lr_max is not None
+            and scaling.lr_max < job.train.optimizer.lr
+            and (job.train.global_batch_size >= scaling.base_batch)
+        ):
+            problems.append(
+                f"train.lr_scaling.lr_max: must be >= train.optimizer.lr="
+                f"{job.train.optimizer.lr} (the rate at base_batch), got {scaling.lr_max}"
+            )
+        curriculum = job.curriculum
+        if curriculum is not None and "lr_alpha" in getattr(curriculum, "model_fields_set", ()):
+            problems.append(
+                "curriculum.lr_alpha: train.lr_scaling sets the Early-Large-Batch exponent "
+                f"({scaling.rule}); remove one of them"
+            )
+    if job.agvm is not None:
+        for workers in range(job.scaling.min_workers, job.scaling.max_workers + 1):
+            per_worker = job.train.global_batch_size // workers
+            if per_worker % 2:
+                problems.append(
+                    f"agvm: splits each worker's batch into two halves, but "
+                    f"train.global_batch_size={job.train.global_batch_size} over {workers} "
+                    f"workers gives {per_worker}; use an even per-worker batch"
+                )
+                break
+    return problems
+
+
+def task_problems(job: JobConfig) -> list[str]:
+    """Options that need one label per image, for segmentation jobs (and the reverse)."""
+    task = job.data.task
+    if task is None:
+        return []
+    if task == "classification":
+        if isinstance(job.model, TimmModel) and "fpn_channels" in job.model.model_fields_set:
+            return ["model.fpn_channels: only used with segmentation data (data.task)"]
+        return []
+    problems = []
+    if isinstance(job.model, ResNet9Model):
+        problems.append(
+            "model.name: segmentation needs a timm backbone with features_only support "
+            "(e.g. resnet18), not resnet9"
+        )
+    unsupported = {
+        "curriculum": job.curriculum is not None,
+        "infobatch": job.infobatch is not None,
+        "tricks.tta": job.tricks.tta is not None,
+        "tricks.alternating_flip": job.tricks.alternating_flip,
+        "tricks.whitening": job.tricks.whitening is not None,
+        "data.mode": job.data.mode == "device",
+    }
+    for field, used in unsupported.items():
+        if used:
+            problems.append(
+                f"{field}: not supported with segmentation data yet (it transforms images "
+                "without their masks); remove it"
+                + (" or use data.mode: ray" if field == "data.mode" else "")
+            )
+    return problems
+
+
 # ---------------------------------------------------------------- scaling
 class ScalingSection(_Strict):
     # An integer, or [min, max] for elastic training: Ray Train starts as many workers as the
@@ -735,6 +892,8 @@ class JobConfig(_Strict):
     tricks: TricksConfig = TricksConfig()
     # None trains on every sample every epoch.
     infobatch: InfoBatchSection | None = None
+    # None: every parameter follows the one schedule.
+    agvm: AgvmSection | None = None
 
     @model_validator(mode="after")
     def _cross_field(self) -> JobConfig:
@@ -777,11 +936,51 @@ class JobConfig(_Strict):
                     f"data.{name}: needs one value per channel ({self.data.channels}), "
                     f"got {len(values)}"
                 )
+        if isinstance(schedule, CosineSchedule) and self.train.lr_scaling is not None:
+            warmup = self.warmup_epochs
+            if warmup >= self.train.epochs and self.curriculum is None:
+                problems.append(
+                    f"train.lr_scaling.scale_warmup: makes the warmup {_number(warmup)} epochs "
+                    f"at batch {batch}, not < train.epochs={self.train.epochs}; lower "
+                    "train.schedule.warmup_epochs"
+                )
         problems.extend(curriculum_problems(self))
         problems.extend(tricks_problems(self))
+        problems.extend(large_batch_problems(self))
+        problems.extend(task_problems(self))
         if problems:
             raise ValueError(_CROSS_MARK + "\n".join(problems))
         return self
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate at train.global_batch_size (train.lr_scaling applied)."""
+        from rayaccel.methods.lr_scaling import scale_lr
+
+        scaling = self.train.lr_scaling
+        if scaling is None:
+            return self.train.optimizer.lr
+        return scale_lr(
+            self.train.optimizer.lr,
+            batch=self.train.global_batch_size,
+            base_batch=scaling.base_batch,
+            rule=scaling.rule,
+            alpha=scaling.alpha,
+            lr_max=scaling.lr_max,
+        )
+
+    @property
+    def warmup_epochs(self) -> float:
+        """train.schedule.warmup_epochs, lengthened by train.lr_scaling.scale_warmup."""
+        schedule = self.train.schedule
+        warmup = getattr(schedule, "warmup_epochs", 0.0)
+        scaling = self.train.lr_scaling
+        if scaling is None or not scaling.scale_warmup:
+            return warmup
+        from rayaccel.methods.lr_scaling import linear_warmup_epochs_for
+
+        batch = self.train.global_batch_size
+        return linear_warmup_epochs_for(max(batch, scaling.base_batch), scaling.base_batch, warmup)
 
 
 _CROSS_MARK = "@cross@"
@@ -910,6 +1109,7 @@ def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
     for field, value in (
         ("channels", meta.channels),
         ("num_classes", meta.num_classes),
+        ("task", getattr(meta, "task", "classification")),
         ("mean", list(meta.mean)),
         ("std", list(meta.std)),
     ):
@@ -922,6 +1122,15 @@ def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
             problems.append(
                 f"data.{name}: needs one value per channel ({channels}), got {len(values)}"
             )
+    tasks = {split: getattr(m, "task", "classification") for split, m in metas.items()}
+    if "val" in tasks and tasks["val"] != tasks["train"]:
+        problems.append(
+            f"data.val: is a {tasks['val']} data set but data.train is {tasks['train']}"
+        )
+    if job.data.task is not None and job.data.task != tasks["train"]:
+        problems.append(
+            f"data.task: is {job.data.task} but {job.data.train} holds {tasks['train']} data"
+        )
     if "val" in metas and metas["val"].num_classes > (job.data.num_classes or meta.num_classes):
         problems.append(
             f"data.val: has {metas['val'].num_classes} classes but training uses "
@@ -934,6 +1143,8 @@ def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
     if "image_size_px" in filled:
         problems.extend(curriculum_problems(job))
         problems.extend(tricks_problems(job))
+    if "task" in filled:
+        problems.extend(task_problems(job))
     if problems:
         raise ConfigError([f"{source}: {p}" for p in problems])
     return job

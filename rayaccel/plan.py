@@ -271,6 +271,15 @@ def make_plan(job: JobConfig, *, train_samples: int) -> Plan:
     the epoch's true number of steps (`Plan.lr_at(..., steps_in_epoch)`).
     """
     plan = _make_plan(job, train_samples=train_samples)
+    if job.agvm is not None:
+        odd = [st for st in plan.stages if st.per_worker_batch % 2]
+        if odd:
+            raise PlanError(
+                f"agvm: splits each worker's batch into two halves, but stage {odd[0].index} "
+                f"gives each of {plan.num_workers} workers {odd[0].per_worker_batch} samples; "
+                "use even per-worker batches (curriculum.max_global_batch or the stage's "
+                "global_batch_size)"
+            )
     scaling = job.scaling
     if scaling.min_workers < scaling.max_workers:
         plan = replace(plan, min_workers=scaling.min_workers)
@@ -308,9 +317,7 @@ def _make_plan(job: JobConfig, *, train_samples: int) -> Plan:
         return _progressive_plan(job, train_samples, steps_per_epoch=steps)
     if job.curriculum is not None:
         return _curriculum_plan(job, train_samples, baseline_images_per_epoch=steps * batch)
-    schedule = job.train.schedule.model_dump()
-    if isinstance(job.train.schedule, CosineSchedule):
-        schedule["total_epochs"] = job.train.epochs
+    schedule = _epoch_schedule(job)
     stage = StagePlan(
         index=0,
         first_epoch=0,
@@ -319,7 +326,7 @@ def _make_plan(job: JobConfig, *, train_samples: int) -> Plan:
         global_batch=batch,
         per_worker_batch=per_worker_batch,
         steps_per_epoch=steps,
-        peak_lr=job.train.optimizer.lr,
+        peak_lr=job.peak_lr,
     )
     return Plan(
         stages=(stage,),
@@ -338,7 +345,12 @@ def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_
     full_px = job.data.image_size_px
     workers = job.scaling.max_workers
     batch = job.train.global_batch_size
-    lr = job.train.optimizer.lr
+    lr = job.peak_lr
+    # train.lr_scaling, when given, is the one LR rule of the job: its exponent and cap also
+    # give the Early-Large-Batch stages their rates.
+    scaling = job.train.lr_scaling
+    lr_alpha = scaling.exponent if scaling is not None else curriculum.lr_alpha
+    lr_cap = curriculum.lr_max or (scaling.lr_max if scaling is not None else None)
     if isinstance(curriculum, EtppCurriculum):
         resolutions = etpp.etpp_resolutions(curriculum.family, full_px)
         magnitudes = etpp.etpp_magnitudes(len(resolutions))
@@ -358,9 +370,7 @@ def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_
         magnitudes = [0.0] * len(resolutions)
     max_batch = curriculum.max_global_batch or batch
     # No cap means the largest LR the square-root rule can produce for these batches.
-    lr_max = curriculum.lr_max or lr * (max([max_batch, *overrides.values()]) / batch) ** (
-        curriculum.lr_alpha
-    )
+    lr_max = lr_cap or lr * (max([max_batch, *overrides.values()]) / batch) ** lr_alpha
     try:
         stages = etpp.plan_stages(
             resolutions,
@@ -376,7 +386,7 @@ def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_
             num_workers=job.scaling.worker_multiple,
             batch_overrides=overrides,
             compute_shares=shares,
-            lr_alpha=curriculum.lr_alpha,
+            lr_alpha=lr_alpha,
         )
     except ValueError as err:
         raise PlanError(f"curriculum: {err}") from None
@@ -428,7 +438,7 @@ def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_
         schedule={
             "name": "cosine",
             "total_epochs": 1.0,
-            "warmup_epochs": schedule.warmup_epochs / curriculum.budget_epochs,
+            "warmup_epochs": job.warmup_epochs / curriculum.budget_epochs,
             "final_fraction": schedule.final_fraction,
         },
         num_workers=workers,
@@ -466,7 +476,7 @@ def _progressive_plan(job: JobConfig, train_samples: int, *, steps_per_epoch: in
             global_batch=batch,
             per_worker_batch=batch // workers,
             steps_per_epoch=steps_per_epoch,
-            peak_lr=job.train.optimizer.lr,
+            peak_lr=job.peak_lr,
             randaug_magnitude=min(s.randaug_magnitude, 10.0),
             planned_data_epochs=float(s.epochs),
             compute_share=s.epochs * s.size_px**2 / total,
@@ -478,9 +488,7 @@ def _progressive_plan(job: JobConfig, train_samples: int, *, steps_per_epoch: in
         )
         for s in stages
     )
-    schedule = job.train.schedule.model_dump()
-    if isinstance(job.train.schedule, CosineSchedule):
-        schedule["total_epochs"] = job.train.epochs
+    schedule = _epoch_schedule(job)
     return Plan(
         stages=planned,
         schedule=schedule,
@@ -492,6 +500,15 @@ def _progressive_plan(job: JobConfig, train_samples: int, *, steps_per_epoch: in
         baseline_images_per_epoch=steps_per_epoch * batch,
         curriculum="progressive",
     )
+
+
+def _epoch_schedule(job: JobConfig) -> dict:
+    """The job's LR schedule over epochs (cosine warmup lengthened by `scale_warmup`)."""
+    schedule = job.train.schedule.model_dump()
+    if isinstance(job.train.schedule, CosineSchedule):
+        schedule["total_epochs"] = job.train.epochs
+        schedule["warmup_epochs"] = job.warmup_epochs
+    return schedule
 
 
 def format_plan(plan: Plan) -> str:

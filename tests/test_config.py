@@ -142,7 +142,7 @@ BAD_JOBS = {
     ),
     "bad optimizer name": (
         {"train.optimizer.name": "adam"},
-        "train.optimizer.name: must be 'sgd' or 'adamw', got 'adam'",
+        "train.optimizer.name: must be 'sgd', 'adamw', 'lars' or 'lamb', got 'adam'",
     ),
     "bad run name": (
         {"run.name": "my run/1"},

@@ -76,7 +76,7 @@ def test_build_optimizer_sets_initial_lr(name, optimizer_type):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"name": "lamb"}, "optimizer name"),
+        ({"name": "adam"}, "optimizer name"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"weight_decay": -1.0}, "weight_decay"),
     ],
@@ -84,6 +84,24 @@ def test_build_optimizer_sets_initial_lr(name, optimizer_type):
 def test_build_optimizer_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_optimizer(_tiny_net(), **{"name": "sgd", "lr": 0.1, "weight_decay": 0.0, **kwargs})
+
+
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_build_optimizer_lars_and_lamb_exclude_norms_and_biases(name):
+    from rayaccel.methods.lamb import LAMB
+    from rayaccel.methods.lars import LARS
+
+    optimizer = build_optimizer(_tiny_net(), name=name, lr=0.2, weight_decay=1e-4)
+    assert isinstance(optimizer, {"lars": LARS, "lamb": LAMB}[name])
+    decay, no_decay = optimizer.param_groups
+    assert decay[f"{name}_exclude"] is False and no_decay[f"{name}_exclude"] is True
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert all(p.ndim <= 1 for p in no_decay["params"])
+    assert decay["initial_lr"] == 0.2
+    if name == "lars":
+        assert decay["trust_coefficient"] == 0.001 and decay["eps"] == 1e-9
+    else:
+        assert decay["eps"] == 1e-6
 
 
 def test_set_lr_scales_initial_lr_per_group():

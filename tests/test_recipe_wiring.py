@@ -162,7 +162,7 @@ def test_the_model_gets_every_trick_and_the_optimizer_its_groups():
     assert all(m.virtual_batch_size == 32 and not m.weight.requires_grad for m in norms)
     assert all(torch.all(m.weight == 1) for m in norms)
 
-    optimizer = recipe.build_recipe_optimizer(
+    optimizer, _ = recipe.build_recipe_optimizer(
         model, settings.optimizer, bn_bias=settings.bn_bias, lookahead=settings.lookahead
     )
     assert isinstance(optimizer, Lookahead) and optimizer.k == 5

@@ -48,6 +48,11 @@ def load_rows(
     Only the shards holding wanted rows are read. Returns `decode_batch`'s arrays: `image`
     (N, C, H, W) uint8, `label` and `index` int64, `bad` uint8, in the order of `rows`.
     """
+    if spec.task != "classification":
+        raise ValueError(
+            f"device-resident data (data.mode: device) supports classification only, got a "
+            f"{spec.task} split at {location}; use data.mode: ray, whose pipeline decodes masks"
+        )
     fs, paths = shard_paths(location, meta)
     first_index = tuple((shard.file, shard.first_index) for shard in meta.shards)
     spec = dataclasses.replace(spec, shard_first_index=first_index)

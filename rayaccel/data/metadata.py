@@ -17,6 +17,9 @@ import pyarrow.fs as pafs
 
 METADATA_FILE = "metadata.json"
 _ENCODINGS = ("png", "jpeg")
+TASKS = ("classification", "segmentation")
+# Fields added after the first release; files without them get the dataclass default.
+_OPTIONAL_FIELDS = {"task"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,8 @@ class ShardSetMeta:
     Attributes:
         name: dataset name, e.g. "fashion-mnist".
         split: split name, e.g. "train", "test", "val".
-        classes: class names; label ``k`` is ``classes[k]``.
+        classes: class names; label ``k`` is ``classes[k]``. For segmentation these are the
+            mask classes, ``classes[0]`` being the background.
         num_classes: ``len(classes)``, stored so JSON readers need not count.
         count: number of rows in the split.
         class_counts: rows per label.
@@ -52,6 +56,10 @@ class ShardSetMeta:
         mean: per-channel pixel mean in [0, 1] units over the whole split.
         std: per-channel population standard deviation in [0, 1] units over the whole split.
         shards: the parquet files in index order, each holding a contiguous index range.
+        task: "classification" (one label per image) or "segmentation" (shards also hold a
+            ``mask`` column of greyscale PNGs whose pixel values are mask classes; ``label`` is
+            the mask class of the image's object). Last and defaulted because files written
+            before segmentation existed have no such field and are classification sets.
     """
 
     name: str
@@ -66,6 +74,7 @@ class ShardSetMeta:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     shards: tuple[ShardInfo, ...]
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         _freeze(self, "classes", tuple(str(name) for name in self.classes))
@@ -100,6 +109,8 @@ class ShardSetMeta:
             raise ValueError(
                 f"{where}: image_size must be [height, width] > 0 or null, got {list(self.image_size)}"
             )
+        if self.task not in TASKS:
+            raise ValueError(f"{where}: task must be one of {TASKS}, got {self.task!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"{where}: channels must be 1 or 3, got {self.channels}")
         if self.encoding not in _ENCODINGS:
@@ -181,10 +192,10 @@ def read_meta(dir_or_uri: str | os.PathLike) -> ShardSetMeta:
     if not isinstance(fields, dict):
         raise ValueError(f"{shown}: expected a JSON object, got {type(fields).__name__}")
     expected = ShardSetMeta.__dataclass_fields__.keys()
-    missing = sorted(set(expected) - set(fields))
+    missing = sorted(set(expected) - set(fields) - _OPTIONAL_FIELDS)
     if missing:
         raise ValueError(f"{shown}: missing fields {missing}")
     try:
-        return ShardSetMeta(**{key: fields[key] for key in expected})
+        return ShardSetMeta(**{key: fields[key] for key in expected if key in fields})
     except (TypeError, ValueError) as error:
         raise ValueError(f"{shown}: {error}") from error

@@ -9,8 +9,12 @@ magnitude -> optional anti-aliased down-sampling to the stage's resolution (Effi
 `resize` mode). Augmenting at full size and shrinking last is the release's order: the
 augmentations see the same pixels whatever the stage, and early stages ship smaller batches.
 
-Bad rows (undecodable bytes, labels out of range) either fail the run with the shard, the
-row and the reason, or, with `on_bad_row="skip"`, are kept in the stream with `bad=1` and
+Segmentation sets (`DecodeSpec.task == "segmentation"`) also carry a `mask` per row; it gets
+exactly the image's geometry (resize, crop offsets, flips), resampled nearest-neighbour so
+class ids are never blended, and photometric RandAugment is refused rather than half-applied.
+
+Bad rows (undecodable bytes, labels or mask values out of range) either fail the run with the
+shard, the row and the reason, or, with `on_bad_row="skip"`, are kept in the stream with `bad=1` and
 blank pixels so the worker can drop and count them: every worker still takes the same number
 of steps, and the count reaches the epoch metrics.
 """
@@ -25,7 +29,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from rayaccel.data.codec import decode_image
-from rayaccel.data.metadata import ShardSetMeta, resolve_path
+from rayaccel.data.metadata import TASKS, ShardSetMeta, resolve_path
 from rayaccel.data.randaugment import rand_augment
 from rayaccel.methods.frequency import resize_antialias
 
@@ -51,6 +55,12 @@ class DecodeSpec:
     # Down-sample to this side after augmenting; None keeps image_size_px.
     output_size_px: int | None = None
     shard_first_index: tuple[tuple[str, int], ...] = ()
+    # "segmentation" also decodes the `mask` column (see the module docstring).
+    task: str = "classification"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"DecodeSpec.task must be one of {TASKS}, got {self.task!r}")
 
 
 def shard_paths(location: str, meta: ShardSetMeta) -> tuple[pafs.FileSystem, list[str]]:
@@ -63,11 +73,24 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
     """Decodes and augments one batch of rows; pure apart from `rng`.
 
     Returns `image` (N, C, H, W) uint8 (H = W = `output_size_px` when set), `label` int64,
-    `index` int64 and `bad` uint8.
+    `index` int64 and `bad` uint8; for segmentation also `mask` (N, H, W) uint8 with the
+    image's H and W.
+
+    Raises:
+        BadRowError: for a bad row when `spec.on_bad_row` is "fail".
+        ValueError: for RandAugment on a segmentation spec.
     """
+    segmentation = spec.task == "segmentation"
+    if segmentation and spec.randaug_magnitude:
+        raise ValueError(
+            "randaug_magnitude must be 0 for segmentation: RandAugment's geometric ops would "
+            "move the image away from its mask"
+        )
     count = len(batch["index"])
     size = spec.image_size_px
-    images = np.zeros((count, size, size, spec.channels), dtype=np.uint8)
+    # Segmentation decodes the mask as one extra channel, so crops and flips move both alike.
+    planes = spec.channels + (1 if segmentation else 0)
+    images = np.zeros((count, size, size, planes), dtype=np.uint8)
     bad = np.zeros(count, dtype=np.uint8)
     labels = np.array(batch["label"], dtype=np.int64)  # a copy: Ray Data batches are read-only
     indices = np.asarray(batch["index"], dtype=np.int64)
@@ -78,14 +101,17 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
         else:
             try:
                 pixels = decode_image(batch["image"][row], spec.channels)
+                if segmentation:
+                    images[row, :, :, -1] = _decode_mask(batch["mask"][row], pixels.shape, spec)
                 if pixels.shape[0] != size or pixels.shape[1] != size:
                     pixels = _resize(pixels, size)
-                images[row] = pixels
+                images[row, :, :, : spec.channels] = pixels
             except ValueError as err:
                 reason = str(err)
         if reason is not None:
             if spec.on_bad_row == "fail":
                 raise BadRowError(_describe_row(batch, row, indices[row], spec) + reason)
+            images[row] = 0
             bad[row] = 1
             labels[row] = 0
     if spec.random_crop_padding_px:
@@ -93,20 +119,59 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
     if spec.horizontal_flip:
         flip = rng.random(count) < 0.5
         images[flip] = images[flip, :, ::-1]
+    masks = None
+    if segmentation:
+        masks, images = images[..., -1], images[..., :-1]
     if spec.randaug_magnitude:
         images = rand_augment(images, spec.randaug_magnitude, rng)
     if spec.output_size_px is not None:
         images = resize_antialias(images, spec.output_size_px)
+        if masks is not None:
+            masks = resize_nearest(masks, spec.output_size_px)
     out = {
         "image": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
         "label": labels,
         "index": indices,
         "bad": bad,
     }
+    if masks is not None:
+        out["mask"] = np.ascontiguousarray(masks)
     # Columns added before decoding (InfoBatch's `loss_weight`) travel with their rows.
-    for name in batch.keys() - {"image", "label", "index", "path"}:
+    for name in batch.keys() - {"image", "mask", "label", "index", "path"}:
         out[name] = np.asarray(batch[name])
     return out
+
+
+def _decode_mask(data: bytes, image_shape: tuple[int, ...], spec: DecodeSpec) -> np.ndarray:
+    """One row's mask at `spec.image_size_px`; ValueError (a bad row) if it cannot be used."""
+    try:
+        mask = decode_image(data, 1)[..., 0]
+    except ValueError as err:
+        raise ValueError(f"mask: {err}") from None
+    if mask.shape != image_shape[:2]:
+        raise ValueError(
+            f"mask is {mask.shape[0]}x{mask.shape[1]} px but its image is "
+            f"{image_shape[0]}x{image_shape[1]} px"
+        )
+    highest = int(mask.max())
+    if highest >= spec.num_classes:
+        raise ValueError(f"mask holds class {highest}, outside 0..{spec.num_classes - 1}")
+    return resize_nearest(mask[None], spec.image_size_px)[0]
+
+
+def resize_nearest(masks: np.ndarray, size_px: int) -> np.ndarray:
+    """Nearest-neighbour resize of (N, H, W) class maps to (N, size_px, size_px).
+
+    Output pixel i samples input pixel floor((i + 0.5) * H / size_px), its centre's nearest
+    neighbour (PIL's NEAREST rule), so only values present in the input appear in the output.
+    Returns the input itself when it already has the size.
+    """
+    height_px, width_px = masks.shape[1:3]
+    if (height_px, width_px) == (size_px, size_px):
+        return masks
+    rows = ((np.arange(size_px) + 0.5) * height_px / size_px).astype(np.int64)
+    columns = ((np.arange(size_px) + 0.5) * width_px / size_px).astype(np.int64)
+    return masks[:, rows[:, None], columns[None, :]]
 
 
 def random_crop(images: np.ndarray, padding_px: int, rng: np.random.Generator) -> np.ndarray:
@@ -176,10 +241,13 @@ def build_dataset(
     fs, paths = shard_paths(location, meta)
     first_index = tuple((shard.file, shard.first_index) for shard in meta.shards)
     spec = dataclasses.replace(spec, shard_first_index=first_index)
+    columns = ["image", "label", "index"]
+    if spec.task == "segmentation":
+        columns.insert(1, "mask")
     ds = ray.data.read_parquet(
         paths,
         filesystem=fs,
-        columns=["image", "label", "index"],
+        columns=columns,
         include_paths=True,
         num_cpus=preprocess_cpus,
     )

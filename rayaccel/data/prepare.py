@@ -10,6 +10,12 @@ Output, per split (``train``/``test``, or ``train``/``val`` for an ImageNet-styl
 
     OUT/<split>/part-00000.parquet ...   columns image (PNG/JPEG bytes), label, index[, source_index]
     OUT/<split>/metadata.json            see ``metadata.ShardSetMeta``
+
+``fashion-seg`` derives a semantic-segmentation set from Fashion-MNIST, so segmentation methods
+(AGVM) can be tested on real images without downloading a segmentation benchmark: each image keeps
+its pixels, and its mask marks the pixels at or above a brightness threshold with the image's
+class + 1 (0 is background). Its shards have an extra ``mask`` column (greyscale PNG, always
+lossless) and ``label`` is the mask class 1..10.
 """
 
 from __future__ import annotations
@@ -26,10 +32,21 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rayaccel.data import formats
-from rayaccel.data.codec import ENCODINGS, encode_image
-from rayaccel.data.metadata import ShardInfo, ShardSetMeta, resolve_path, write_meta
+from rayaccel.data.codec import ENCODINGS, decode_image, encode_image
+from rayaccel.data.metadata import (
+    METADATA_FILE,
+    ShardInfo,
+    ShardSetMeta,
+    read_meta,
+    resolve_path,
+    write_meta,
+)
 
-KINDS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
+KINDS = ("fashion-mnist", "fashion-seg", "cifar10", "cifar100", "imagefolder")
+FASHION_SEG_CLASSES = ("background", *formats.FASHION_MNIST_CLASSES)
+# 20% of full brightness: Fashion-MNIST backgrounds are 0 and garments mostly well above this, so
+# the mask follows the garment's silhouette while dark folds inside it stay (mostly) foreground.
+DEFAULT_MASK_THRESHOLD = 51
 
 ProgressFn = Callable[[str, int, int], None]
 """Called as ``progress(split, rows_done, rows_total)`` after each shard is written."""
@@ -40,11 +57,28 @@ class PrepareError(ValueError):
 
 
 class _SourceSplit:
-    """Labels of one split plus a way to get the pixels of any of its images by position."""
+    """Labels of one split plus a way to get the pixels of any of its images by position.
 
-    def __init__(self, labels: np.ndarray, load_pixels: Callable[[int], np.ndarray]):
+    Args:
+        labels: int64 label per image.
+        load_pixels: position -> uint8 pixels.
+        mask_of: for segmentation sets, (position, pixels) -> uint8 (H, W) mask; None otherwise.
+        source_indices: each image's position in the original dataset when the source is itself
+            a subset (a prepared fixture); written as ``source_index`` so rows stay traceable.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        load_pixels: Callable[[int], np.ndarray],
+        *,
+        mask_of: Callable[[int, np.ndarray], np.ndarray] | None = None,
+        source_indices: np.ndarray | None = None,
+    ):
         self.labels = labels
         self.load_pixels = load_pixels
+        self.mask_of = mask_of
+        self.source_indices = source_indices
 
 
 class _PixelStats:
@@ -91,6 +125,7 @@ def prepare_dataset(
     seed: int = 0,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    mask_threshold: int | None = None,
 ) -> dict[str, ShardSetMeta]:
     """Convert one dataset to parquet shards, one folder per split.
 
@@ -102,7 +137,9 @@ def prepare_dataset(
         kind: one of ``KINDS``.
         src: the dataset in its original layout: the IDX folder (fashion-mnist), the extracted
             CIFAR folder or its parent (cifar10/cifar100), or a class-per-folder tree, optionally
-            split into ``train/`` and ``val/`` or ``test/`` (imagefolder).
+            split into ``train/`` and ``val/`` or ``test/`` (imagefolder). fashion-seg takes the
+            IDX folder or an already prepared fashion-mnist folder (``train/``, ``test/`` split
+            folders of parquet shards, e.g. ``data/fixture/fashion-mnist``).
         out: output folder, local or a pyarrow.fs URI; ``OUT/<split>/`` is created per split.
         rows_per_shard: rows per parquet file. Ray Data reads files in parallel, so keep at least
             a few shards per training worker.
@@ -120,6 +157,8 @@ def prepare_dataset(
         overwrite: replace the contents of existing ``OUT/<split>`` folders. Otherwise a non-empty
             one is an error, because mixing old and new shards would corrupt the split silently.
         progress: see ``ProgressFn``; None reports nothing.
+        mask_threshold: fashion-seg only: pixels >= this grey level (0-255) are the object,
+            the rest background. None means ``DEFAULT_MASK_THRESHOLD`` (51, 20% of 255).
 
     Returns:
         {split: metadata written to ``OUT/<split>/metadata.json``}.
@@ -143,11 +182,22 @@ def prepare_dataset(
         )
     if image_size is not None and image_size < 1:
         raise PrepareError(f"image_size (--image-size) must be >= 1 pixel, got {image_size}")
+    if mask_threshold is not None and kind != "fashion-seg":
+        raise PrepareError(
+            f"mask_threshold (--mask-threshold) applies only to fashion-seg, not to {kind}"
+        )
+    if mask_threshold is None:
+        mask_threshold = DEFAULT_MASK_THRESHOLD
+    if not 1 <= mask_threshold <= 255:
+        raise PrepareError(
+            f"mask_threshold (--mask-threshold) must be a grey level in [1, 255], got "
+            f"{mask_threshold}"
+        )
     if not Path(src).exists():
         raise PrepareError(f"source {src} does not exist; expected the {kind} dataset there")
 
     try:
-        splits, classes, channels = _load_source(kind, Path(src), image_size)
+        splits, classes, channels = _load_source(kind, Path(src), image_size, mask_threshold)
     except (FileNotFoundError, ValueError) as error:
         raise PrepareError(str(error)) from error
     per_class = dict(per_class or {})
@@ -175,7 +225,13 @@ def prepare_dataset(
             filesystem=filesystem,
             split_dir=f"{out_path}/{split}",
             split_uri=f"{str(out).rstrip('/')}/{split}",
-            meta_fields={"name": name, "split": split, "classes": classes, "channels": channels},
+            meta_fields={
+                "name": name,
+                "split": split,
+                "classes": classes,
+                "channels": channels,
+                "task": "segmentation" if kind == "fashion-seg" else "classification",
+            },
             rows_per_shard=rows_per_shard,
             encoding=encoding,
             jpeg_quality=jpeg_quality,
@@ -185,12 +241,22 @@ def prepare_dataset(
 
 
 def _load_source(
-    kind: str, src: Path, image_size: int | None
+    kind: str, src: Path, image_size: int | None, mask_threshold: int
 ) -> tuple[dict[str, _SourceSplit], list[str], int]:
     """Splits, class names and channel count of the source dataset."""
     if kind == "fashion-mnist":
         arrays = formats.load_fashion_mnist(src)
         return _array_splits(arrays), list(formats.FASHION_MNIST_CLASSES), 1
+    if kind == "fashion-seg":
+        if (src / "train" / METADATA_FILE).is_file():
+            classification = _prepared_fashion_mnist_splits(src)
+        else:
+            classification = _array_splits(formats.load_fashion_mnist(src))
+        splits = {
+            split: _segmentation_split(source, mask_threshold)
+            for split, source in classification.items()
+        }
+        return splits, list(FASHION_SEG_CLASSES), 1
     if kind in ("cifar10", "cifar100"):
         variant = 10 if kind == "cifar10" else 100
         arrays = formats.load_cifar(src, variant)
@@ -212,6 +278,54 @@ def _array_splits(arrays: dict[str, formats.Split]) -> dict[str, _SourceSplit]:
         split: _SourceSplit(labels, lambda i, images=images: images[i])
         for split, (images, labels) in arrays.items()
     }
+
+
+def _prepared_fashion_mnist_splits(src: Path) -> dict[str, _SourceSplit]:
+    """The split folders of a prepared fashion-mnist set, with pixels decoded on demand."""
+    splits = {}
+    folders = [p for p in src.iterdir() if (p / METADATA_FILE).is_file()]
+    for folder in sorted(folders, key=lambda p: (p.name != "train", p.name)):
+        meta = read_meta(folder)
+        if list(meta.classes) != list(formats.FASHION_MNIST_CLASSES) or meta.channels != 1:
+            raise PrepareError(
+                f"{folder}: fashion-seg needs a prepared fashion-mnist split (10 Fashion-MNIST "
+                f"classes, 1 channel); its metadata.json has classes {list(meta.classes)} and "
+                f"{meta.channels} channels"
+            )
+        table = pa.concat_tables(pq.read_table(folder / shard.file) for shard in meta.shards)
+        if table.column("index").to_pylist() != list(range(meta.count)):
+            raise PrepareError(f"{folder}: index column is not 0..{meta.count - 1} in shard order")
+        encoded = table.column("image").to_pylist()
+        has_source_index = "source_index" in table.column_names
+        splits[folder.name] = _SourceSplit(
+            table.column("label").to_numpy().astype(np.int64),
+            lambda i, encoded=encoded: decode_image(encoded[i], 1)[..., 0],
+            source_indices=(
+                table.column("source_index").to_numpy().astype(np.int64)
+                if has_source_index
+                else None
+            ),
+        )
+    return splits
+
+
+def _segmentation_split(source: _SourceSplit, mask_threshold: int) -> _SourceSplit:
+    """``source`` with mask classes (class + 1) as labels and threshold masks."""
+    mask_labels = source.labels + 1
+    return _SourceSplit(
+        mask_labels,
+        source.load_pixels,
+        mask_of=lambda position, pixels: threshold_mask(
+            pixels, int(mask_labels[position]), mask_threshold
+        ),
+        source_indices=source.source_indices,
+    )
+
+
+def threshold_mask(pixels: np.ndarray, mask_class: int, threshold: int) -> np.ndarray:
+    """uint8 (H, W) mask: ``mask_class`` where the grey ``pixels`` are >= ``threshold``, else 0."""
+    grey = pixels.reshape(pixels.shape[0], pixels.shape[1])
+    return np.where(grey >= threshold, np.uint8(mask_class), np.uint8(0))
 
 
 def _load_folder_image(path: Path, image_size_px: int | None) -> np.ndarray:
@@ -276,37 +390,52 @@ def _write_split(
     progress: ProgressFn | None,
 ) -> ShardSetMeta:
     positions = np.arange(len(source.labels)) if source_indices is None else source_indices
+    if source.source_indices is not None:
+        original_positions = source.source_indices
+    elif source_indices is not None:
+        original_positions = np.arange(len(source.labels))
+    else:
+        original_positions = None
     classes = meta_fields["classes"]
     stats = _PixelStats(meta_fields["channels"])
     image_sizes_px = set()
     schema = pa.schema(
-        [("image", pa.binary()), ("label", pa.int64()), ("index", pa.int64())]
-        + ([("source_index", pa.int64())] if source_indices is not None else [])
+        [("image", pa.binary())]
+        + ([("mask", pa.binary())] if source.mask_of is not None else [])
+        + [("label", pa.int64()), ("index", pa.int64())]
+        + ([("source_index", pa.int64())] if original_positions is not None else [])
     )
     filesystem.create_dir(split_dir, recursive=True)
     shards = []
     for first_index in range(0, len(positions), rows_per_shard):
         shard_positions = positions[first_index : first_index + rows_per_shard]
-        encoded = []
+        encoded, encoded_masks = [], []
         for position in shard_positions:
             pixels = source.load_pixels(int(position))
             stats.add(pixels)
             image_sizes_px.add(pixels.shape[:2])
             encoded.append(encode_image(pixels, encoding, jpeg_quality))
+            if source.mask_of is not None:
+                # Always PNG: JPEG would blur class ids at object edges into other classes.
+                encoded_masks.append(encode_image(source.mask_of(int(position), pixels), "png"))
         columns = {
             "image": encoded,
             "label": source.labels[shard_positions],
             "index": np.arange(first_index, first_index + len(shard_positions), dtype=np.int64),
         }
-        if source_indices is not None:
-            columns["source_index"] = shard_positions.astype(np.int64)
+        if source.mask_of is not None:
+            columns["mask"] = encoded_masks
+        if original_positions is not None:
+            columns["source_index"] = original_positions[shard_positions].astype(np.int64)
         file_name = f"part-{len(shards):05d}.parquet"
         pq.write_table(
             pa.Table.from_pydict(columns, schema=schema),
             f"{split_dir}/{file_name}",
             filesystem=filesystem,
             # PNG/JPEG bytes do not compress further, so only the integer columns are compressed.
-            compression={name: "NONE" if name == "image" else "SNAPPY" for name in schema.names},
+            compression={
+                name: "NONE" if name in ("image", "mask") else "SNAPPY" for name in schema.names
+            },
             use_dictionary=["label"],
         )
         shards.append(ShardInfo(file_name, first_index, len(shard_positions)))
@@ -359,6 +488,13 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-class subset")
     parser.add_argument(
+        "--mask-threshold",
+        type=int,
+        default=None,
+        help=f"fashion-seg only: grey level (0-255) from which a pixel is the object "
+        f"(default {DEFAULT_MASK_THRESHOLD})",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace existing OUT/<split> contents"
     )
 
@@ -391,6 +527,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         per_class=per_class,
         seed=args.seed,
         overwrite=args.overwrite,
+        mask_threshold=args.mask_threshold,
     )
     for split, meta in results.items():
         print(

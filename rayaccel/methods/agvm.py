@@ -72,9 +72,16 @@ DEFAULT_CLASSIFIER_PATTERNS: dict[str, list[str]] = {
     "backbone": [CATCH_ALL],
     "head": ["head.*", "head_*", "fc.*", "classifier.*", "linear.*"],
 }
+# rayaccel's segmentation models (`rayaccel.models.segmentation`): a timm backbone, an FPN neck
+# and a per-pixel classifier head, the three components the AGVM paper balances.
+DEFAULT_SEGMENTATION_PATTERNS: dict[str, list[str]] = {
+    "backbone": [CATCH_ALL],
+    "neck": ["neck.*"],
+    "head": ["head.*"],
+}
 
 
-def _check_patterns(patterns: Mapping[str, Sequence[str]]) -> None:
+def check_patterns(patterns: Mapping[str, Sequence[str]]) -> None:
     if not patterns:
         raise ValueError("patterns must name at least one component, got {}")
     catch_alls = []
@@ -130,7 +137,7 @@ def component_of(name: str, patterns: Mapping[str, Sequence[str]] | None = None)
         ValueError: If the patterns are malformed, or the name matches two components or none.
     """
     patterns = DEFAULT_CLASSIFIER_PATTERNS if patterns is None else patterns
-    _check_patterns(patterns)
+    check_patterns(patterns)
     matched = [
         component
         for component, component_patterns in patterns.items()

@@ -43,6 +43,20 @@ class StepBatch:
     # Soft (N, num_classes) targets replacing `labels` in the loss (mixup/cutmix); None: labels.
     targets: Tensor | None = None
 
+    def take(self, rows: Tensor) -> StepBatch:
+        """The batch's `rows` (e.g. one half of it for AGVM's two backward passes)."""
+
+        def pick(tensor: Tensor | None) -> Tensor | None:
+            return None if tensor is None else tensor[rows]
+
+        return StepBatch(
+            self.images[rows],
+            self.labels[rows],
+            self.indices[rows],
+            pick(self.weights),
+            pick(self.targets),
+        )
+
 
 class Hook:
     """A method's view of the loop; every point defaults to doing nothing."""
@@ -252,6 +266,7 @@ def build_hooks(
     worker_augment: Hook | None = None,
     regularisation: Hook | None = None,
     ema: Hook | None = None,
+    agvm: Hook | None = None,
 ) -> MethodHooks:
     """The hooks of a run, in the order their rules require.
 
@@ -285,7 +300,8 @@ def build_hooks(
                 capacity_samples=replay_capacity_samples, dtype=dtype, device=device, seed=seed
             )
         )
-    hooks += [hook for hook in (regularisation, ema) if hook is not None]
+    # AGVM only counts steps and reports mu here (the loop calls its backward and LR scaling).
+    hooks += [hook for hook in (regularisation, ema, agvm) if hook is not None]
     if infobatch_board is not None:
         from rayaccel.train.pruning import InfoBatchHook
 

@@ -1,5 +1,8 @@
 """Model factory: rayaccel's own ResNet-9 plus every timm architecture, by name.
 
+Classification builds the named model itself; segmentation wraps the named timm model as the
+backbone of a ``SegmentationFPN`` (see ``rayaccel.models.segmentation``).
+
 timm is imported inside the functions because importing it takes seconds, and config
 validation and the CLI should not pay for that unless a model is actually looked up.
 """
@@ -11,11 +14,13 @@ import difflib
 from torch import nn
 
 from rayaccel.models.resnet9 import ResNet9
+from rayaccel.models.segmentation import DEFAULT_FPN_CHANNELS, SegmentationFPN
 
-__all__ = ["ResNet9", "build_model", "model_exists", "suggest_models"]
+__all__ = ["ResNet9", "SegmentationFPN", "build_model", "model_exists", "suggest_models"]
 
 RESNET9_NAME = "resnet9"
 _MAX_SUGGESTIONS = 5
+TASKS = ("classification", "segmentation")
 
 
 def model_exists(name: str) -> bool:
@@ -48,22 +53,47 @@ def suggest_models(name: str) -> list[str]:
     return list(dict.fromkeys([*completions, *close]))[:_MAX_SUGGESTIONS]
 
 
-def build_model(name: str, *, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    task: str = "classification",
+    fpn_channels: int = DEFAULT_FPN_CHANNELS,
+    **kwargs,
+) -> nn.Module:
     """Build a randomly initialised model by name.
 
     Args:
         name: ``"resnet9"`` for :class:`ResNet9`; any other name is passed to
             ``timm.create_model`` with ``pretrained=False`` (rayaccel trains from scratch).
-        num_classes: Number of output logits.
+        num_classes: Number of output logits (per pixel for segmentation).
         in_chans: Channels of the input image.
-        **kwargs: Passed on to the model constructor, e.g. ``width_multiplier`` for resnet9 or
-            ``img_size``/``dynamic_img_size`` for timm ViTs.
+        task: ``"classification"`` or ``"segmentation"``; segmentation builds a
+            :class:`SegmentationFPN` with the timm model ``name`` as its backbone.
+        fpn_channels: Segmentation only: channels of the FPN neck and the head.
+        **kwargs: Passed on to the model constructor (the backbone for segmentation), e.g.
+            ``width_multiplier`` for resnet9 or ``img_size``/``dynamic_img_size`` for timm ViTs.
 
     Raises:
-        ValueError: If ``name`` is neither resnet9 nor a timm model; the message lists the
-            closest known names.
+        ValueError: If ``name`` is neither resnet9 nor a timm model (the message lists the
+            closest known names), if ``task`` is unknown, if segmentation is asked of a model
+            without timm's ``features_only`` support, or if ``fpn_channels`` is set for
+            classification.
     """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "classification" and fpn_channels != DEFAULT_FPN_CHANNELS:
+        raise ValueError(
+            f"fpn_channels={fpn_channels} applies only to task 'segmentation'; classification "
+            "models have no FPN neck"
+        )
     if name == RESNET9_NAME:
+        if task == "segmentation":
+            raise ValueError(
+                f"segmentation needs a timm backbone with features_only support; {RESNET9_NAME!r} "
+                "is rayaccel's own classifier, pick a timm model such as 'resnet18'"
+            )
         return ResNet9(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if not model_exists(name):
         suggestions = suggest_models(name)
@@ -74,6 +104,10 @@ def build_model(name: str, *, num_classes: int, in_chans: int, **kwargs) -> nn.M
         )
         raise ValueError(
             f"unknown model {name!r}: it is neither {RESNET9_NAME!r} nor a timm model; {hint}"
+        )
+    if task == "segmentation":
+        return SegmentationFPN(
+            name, num_classes=num_classes, in_chans=in_chans, fpn_channels=fpn_channels, **kwargs
         )
     import timm
 

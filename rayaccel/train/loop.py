@@ -22,7 +22,6 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from rayaccel.methods.frequency import lowpass_crop
 from rayaccel.methods.hooks import StepBatch, build_hooks
@@ -31,6 +30,7 @@ from rayaccel.models import build_model
 from rayaccel.models.resolution import fit_to_resolution
 from rayaccel.plan import Plan
 from rayaccel.train import recipe
+from rayaccel.train.agvm_hook import AgvmHook
 from rayaccel.train.checkpoint import (
     TrainState,
     load_checkpoint,
@@ -39,6 +39,7 @@ from rayaccel.train.checkpoint import (
     unwrap,
 )
 from rayaccel.train.shard_audit import ShardAudit
+from rayaccel.train.task import make_task
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,10 @@ class LoopSettings:
     ema: dict | None = None
     tta: dict | None = None
     worker_augment: dict | None = None
+    # "classification" or "segmentation" (rayaccel.train.task).
+    task: str = "classification"
+    # AGVM settings (`AgvmHook` arguments plus `components` name patterns) or None.
+    agvm: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,10 +120,12 @@ def train_loop_per_worker(config: dict) -> dict:
             device=device,
             seed=settings.seed,
         )
+    task = make_task(settings.task, settings.num_classes)
     model = build_model(
         settings.model_name,
         num_classes=settings.num_classes,
         in_chans=settings.in_chans,
+        task=settings.task,
         **settings.model_kwargs,
     )
     model = recipe.transform_model(
@@ -130,8 +137,18 @@ def train_loop_per_worker(config: dict) -> dict:
         std=settings.std,
     )
     model = ray.train.torch.prepare_model(model)
-    optimizer = recipe.build_recipe_optimizer(
-        model, settings.optimizer, bn_bias=settings.bn_bias, lookahead=settings.lookahead
+    agvm_settings = dict(settings.agvm or {})
+    optimizer, components = recipe.build_recipe_optimizer(
+        model,
+        settings.optimizer,
+        bn_bias=settings.bn_bias,
+        lookahead=settings.lookahead,
+        agvm_components=agvm_settings.pop("components", None),
+    )
+    agvm = (
+        AgvmHook(components, optimizer_name=settings.optimizer["name"], **agvm_settings)
+        if components is not None
+        else None
     )
     scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
     mean = torch.tensor(settings.mean, device=device).view(1, -1, 1, 1) * 255
@@ -154,6 +171,7 @@ def train_loop_per_worker(config: dict) -> dict:
             rank=rank,
             device=device,
         ),
+        agvm=agvm,
     )
 
     state = TrainState()
@@ -195,8 +213,8 @@ def train_loop_per_worker(config: dict) -> dict:
         hooks.on_epoch_start(epoch)
         model.train()
         started_s = time.perf_counter()
-        # loss, correct, trained images, bad rows, fresh images
-        sums = torch.zeros(5, dtype=torch.float64, device=device)
+        # loss, correct, counted (images or pixels), trained images, bad rows, fresh images
+        sums = torch.zeros(6, dtype=torch.float64, device=device)
         audit = ShardAudit()  # this worker's share of the epoch, for the `workers` metrics
         batches = shard(stage.dataset).iter_torch_batches(
             batch_size=stage.fresh_per_worker_batch, drop_last=True, prefetch_batches=2
@@ -217,42 +235,57 @@ def train_loop_per_worker(config: dict) -> dict:
             step_batch.images = (step_batch.images.float() - mean) / std
             step_batch = hooks.on_inputs(step_batch)
             labels = step_batch.labels
-            with torch.autocast(
-                device.type,
-                dtype=_AUTOCAST_DTYPES.get(settings.precision, torch.bfloat16),
-                enabled=settings.precision in _AUTOCAST_DTYPES,
-            ):
-                logits = model(step_batch.images)
-                losses = F.cross_entropy(
-                    logits.float(),
-                    labels if step_batch.targets is None else step_batch.targets,
-                    label_smoothing=settings.label_smoothing,
-                    reduction="none",
-                )
-                loss = hooks.on_loss(losses, step_batch).mean()
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            outputs = []  # (logits, per-sample losses) of each forward pass of the step
+
+            def loss_of_rows(images, rows=None, step_batch=step_batch, outputs=outputs):
+                part = step_batch if rows is None else step_batch.take(rows)
+                with torch.autocast(
+                    device.type,
+                    dtype=_AUTOCAST_DTYPES.get(settings.precision, torch.bfloat16),
+                    enabled=settings.precision in _AUTOCAST_DTYPES,
+                ):
+                    logits = model(images)
+                    losses = task.losses(
+                        logits, part.labels, part.targets, settings.label_smoothing
+                    )
+                    loss = hooks.on_loss(losses, part).mean()
+                outputs.append((logits.detach(), losses.detach()))
+                return loss
+
+            # AGVM measures on two half batches (an odd batch, after skipped bad rows, waits).
+            if agvm is not None and agvm.due() and labels.shape[0] % 2 == 0:
+                agvm.backward(model, loss_of_rows, step_batch.images, optimizer, scaler.scale)
+                loss = torch.stack([o[1].mean() for o in outputs]).mean()
+            else:
+                loss = loss_of_rows(step_batch.images)
+                scaler.scale(loss).backward()
+            if agvm is not None:
+                agvm.scale_lrs(optimizer)
             scaler.step(optimizer)
             scaler.update()
             hooks.after_step()
             with torch.no_grad():
-                count = labels.numel()
+                logits = torch.cat([o[0] for o in outputs])
+                losses = torch.cat([o[1] for o in outputs])
+                correct, counted = task.correct(logits, labels)
                 sums += torch.stack(
                     [
                         # The plain per-sample loss: method weights (InfoBatch) would
                         # inflate it and make runs incomparable.
-                        losses.detach().double().sum(),
-                        (logits.argmax(1) == labels).sum().double(),
-                        torch.tensor(count, dtype=torch.float64, device=device),
+                        losses.double().sum(),
+                        correct,
+                        counted,
+                        torch.tensor(labels.shape[0], dtype=torch.float64, device=device),
                         batch["bad"].sum().to(device, torch.float64),
-                        torch.tensor(fresh.labels.numel(), dtype=torch.float64, device=device),
+                        torch.tensor(fresh.labels.shape[0], dtype=torch.float64, device=device),
                     ]
                 )
             progress.step(epoch, step, loss, images_in_step=stage.global_batch, steps=steps)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(sums)
         epoch_time_s = time.perf_counter() - started_s
-        loss_sum, correct, count, bad, fresh_count = sums.tolist()
+        loss_sum, correct, counted, count, bad, fresh_count = sums.tolist()
         state = TrainState(
             next_epoch=epoch + 1,
             images_seen=state.images_seen + int(count),
@@ -273,6 +306,7 @@ def train_loop_per_worker(config: dict) -> dict:
                     device,
                     stage.per_worker_batch,
                     resolution_px=val_px,
+                    task=task,
                     tta=settings.tta,
                 )
         metrics = {
@@ -285,7 +319,7 @@ def train_loop_per_worker(config: dict) -> dict:
             "lr": plan.lr_at(epoch, steps - 1, steps),
             "steps": steps,
             "train_loss": loss_sum / max(count, 1),
-            "train_acc": correct / max(count, 1),
+            "train_acc": correct / max(counted, 1),
             "train_images": int(count),
             "fresh_images": int(fresh_count),
             "bad_rows_skipped": int(bad),
@@ -313,7 +347,8 @@ def train_loop_per_worker(config: dict) -> dict:
 def _unpack(batch: dict, device: torch.device) -> StepBatch:
     """Images, labels and indices of a Ray Data batch, without its bad rows."""
     images = batch["image"].to(device, non_blocking=True)
-    labels = batch["label"].to(device, non_blocking=True)
+    # Segmentation batches carry a (N, H, W) class mask; it is what the loss compares with.
+    labels = batch["mask" if "mask" in batch else "label"].to(device, non_blocking=True).long()
     indices = batch["index"].to(device, non_blocking=True)
     weights = batch.get("loss_weight")
     weights = weights.to(device, non_blocking=True) if weights is not None else None
@@ -326,20 +361,32 @@ def _unpack(batch: dict, device: torch.device) -> StepBatch:
 
 @torch.no_grad()
 def evaluate(
-    model, shard, mean, std, device, batch_size: int, *, resolution_px: int, tta: dict | None = None
+    model,
+    shard,
+    mean,
+    std,
+    device,
+    batch_size: int,
+    *,
+    resolution_px: int,
+    task=None,
+    tta: dict | None = None,
 ) -> dict:
-    """Top-1 accuracy and loss over this worker's part of the validation split, reduced.
+    """The task's validation metrics over this worker's part of the split, reduced.
 
-    Batches larger than `resolution_px` are low-pass cropped to it (the `fft` mode evaluates
-    low-resolution stages on the full-resolution split). With `tta` ({"flip", "translate_px"})
-    the logits are averaged over flipped and shifted views (`predict_with_tta`).
+    Classification: top-1 accuracy and loss; segmentation: pixel accuracy (`acc`), `miou`
+    and loss (`rayaccel.train.task`). Batches larger than `resolution_px` are low-pass cropped
+    to it (the `fft` mode evaluates low-resolution stages on the full-resolution split). With
+    `tta` ({"flip", "translate_px"}) the logits are averaged over flipped and shifted views
+    (`predict_with_tta`).
 
     Runs the bare module: DDP would broadcast buffers on every forward, a collective that
     hangs when workers hold different numbers of validation batches.
     """
     net = unwrap(model)
     net.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    task = task if task is not None else make_task("classification", num_classes=0)
+    sums = task.new_eval(device)
     for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
         step_batch = _unpack(batch, device)
         images, labels = step_batch.images, step_batch.labels
@@ -347,18 +394,8 @@ def evaluate(
         if inputs.shape[-1] != resolution_px:
             inputs = lowpass_crop(inputs, resolution_px)
         logits = predict_with_tta(net, inputs, **tta) if tta else net(inputs).float()
-        sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
-        sums[1] += (logits.argmax(1) == labels).sum()
-        sums[2] += labels.numel()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sums)
-    loss_sum, correct, count = sums.tolist()
-    return {
-        "loss": loss_sum / max(count, 1),
-        "acc": correct / max(count, 1),
-        "images": int(count),
-        "resolution_px": resolution_px,
-    }
+        task.eval_add(sums, logits, labels)
+    return {**task.eval_result(sums), "resolution_px": resolution_px}
 
 
 def _report(metrics, state, epoch, last, settings, rank, model, optimizer, scaler, hooks) -> None:

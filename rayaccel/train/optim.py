@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-OPTIMIZER_NAMES = ("sgd", "adamw")
+OPTIMIZER_NAMES = ("sgd", "adamw", "lars", "lamb")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -56,24 +56,28 @@ def build_optimizer(
     momentum: float = 0.9,
     nesterov: bool = True,
     betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
+    eps: float | None = None,
+    trust_coefficient: float = 0.001,
     groups: list[dict] | None = None,
 ) -> torch.optim.Optimizer:
-    """Build SGD (Nesterov momentum) or AdamW over :func:`param_groups`.
+    """Build SGD (Nesterov momentum), AdamW, LARS or LAMB over :func:`param_groups`.
 
     Args:
         model: The model to optimise.
-        name: ``"sgd"`` or ``"adamw"``.
+        name: ``"sgd"``, ``"adamw"``, ``"lars"`` or ``"lamb"``.
         lr: Base learning rate; each group starts at ``lr * lr_scale``.
-        weight_decay: For SGD an L2 term added to the gradient; for AdamW the decoupled decay,
-            applied as ``w -= lr * weight_decay * w``. The same number therefore means different
-            strengths for the two optimizers.
-        momentum: SGD momentum; ignored by AdamW.
-        nesterov: Use Nesterov momentum in SGD (the fast-CIFAR recipes do); ignored by AdamW.
-        betas: AdamW moment decay rates; ignored by SGD.
-        eps: AdamW denominator term; ignored by SGD.
+        weight_decay: For SGD and LARS an L2 term added to the gradient; for AdamW and LAMB the
+            decoupled decay. The same number therefore means different strengths.
+        momentum: SGD/LARS momentum; ignored by AdamW and LAMB.
+        nesterov: Use Nesterov momentum in SGD and LARS; ignored by AdamW and LAMB.
+        betas: AdamW/LAMB moment decay rates.
+        eps: Denominator term; None means each optimizer's usual value (AdamW 1e-8, LAMB
+            1e-6, LARS 1e-9).
+        trust_coefficient: LARS's eta.
         groups: Parameter groups, each with ``params``, ``weight_decay`` and ``lr_scale``
-            (e.g. ``frozen_bn.bn_bias_param_groups``); None means :func:`param_groups`.
+            (e.g. ``frozen_bn.bn_bias_param_groups``); None means :func:`param_groups`. For
+            LARS and LAMB, groups holding only norm weights and biases (``ndim <= 1``) get no
+            trust ratio and no decay.
 
     Raises:
         ValueError: If ``name`` is unknown, ``lr`` is not positive or ``weight_decay`` is
@@ -91,9 +95,26 @@ def build_optimizer(
     for group in groups:
         group["initial_lr"] = lr * group["lr_scale"]
         group["lr"] = group["initial_lr"]
+        if name in ("lars", "lamb"):
+            group.setdefault(f"{name}_exclude", all(p.ndim <= 1 for p in group["params"]))
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8 if eps is None else eps)
+    if name == "lars":
+        from rayaccel.methods.lars import LARS
+
+        return LARS(
+            groups,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov and momentum > 0,
+            trust_coefficient=trust_coefficient,
+            eps=1e-9 if eps is None else eps,
+        )
+    from rayaccel.methods.lamb import LAMB
+
+    return LAMB(groups, lr=lr, betas=betas, eps=1e-6 if eps is None else eps)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:

@@ -20,8 +20,9 @@ from rayaccel.methods.hooks import Hook
 from rayaccel.methods.lookahead import Lookahead
 from rayaccel.methods.model_tricks import apply_model_tricks
 from rayaccel.methods.recipe_hooks import EmaHook, RegularisationHook, WorkerAugmentHook
+from rayaccel.train.agvm_hook import split_optimizer_groups
 from rayaccel.train.checkpoint import unwrap
-from rayaccel.train.optim import build_optimizer
+from rayaccel.train.optim import build_optimizer, param_groups
 
 
 def load_device_data(
@@ -94,22 +95,36 @@ def transform_model(
 
 
 def build_recipe_optimizer(
-    model: nn.Module, optimizer: dict, *, bn_bias: dict | None, lookahead: dict | None
+    model: nn.Module,
+    optimizer: dict,
+    *,
+    bn_bias: dict | None,
+    lookahead: dict | None,
+    agvm_components: dict | None = None,
 ):
-    """The job's optimizer, with frozen-BN parameter groups and lookahead when enabled.
+    """The job's optimizer, with frozen-BN parameter groups, AGVM's per-component groups and
+    lookahead when enabled.
 
     Args:
         optimizer: `build_optimizer` keyword arguments.
         bn_bias: `{"bias_lr_multiplier", "bias_wd_divisor"}` or None (plain groups).
         lookahead: `{"k", "alpha"}` or None.
+        agvm_components: AGVM's `{component: name patterns}`, or None without AGVM.
+
+    Returns:
+        `(optimizer, components)`: `components` maps each AGVM component to its parameters
+        (None without AGVM).
     """
-    groups = None
+    bare = unwrap(model)
     if bn_bias is not None:
-        groups = bn_bias_param_groups(
-            unwrap(model), optimizer["lr"], optimizer["weight_decay"], **bn_bias
-        )
+        groups = bn_bias_param_groups(bare, optimizer["lr"], optimizer["weight_decay"], **bn_bias)
+    else:
+        groups = param_groups(bare, optimizer["weight_decay"])
+    components = None
+    if agvm_components is not None:
+        groups, components = split_optimizer_groups(bare, groups, agvm_components)
     built = build_optimizer(model, **optimizer, groups=groups)
-    return Lookahead(built, **lookahead) if lookahead is not None else built
+    return (Lookahead(built, **lookahead) if lookahead is not None else built), components
 
 
 def recipe_hooks(

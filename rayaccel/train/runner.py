@@ -113,7 +113,7 @@ class MetricsLog(ray.train.UserCallback):
             f" val_acc {row['val_acc']:.4f} @{row['val_resolution_px']}px"
             if "val_acc" in row
             else ""
-        )
+        ) + (f" val_miou {row['val_miou']:.4f}" if "val_miou" in row else "")
         print(
             f"[rayaccel] epoch {row['epoch'] + 1}/{self.total_epochs} done: "
             f"{row['resolution_px']}px batch {row['global_batch']} "
@@ -152,6 +152,8 @@ def build_run(job: JobConfig) -> tuple[Plan, LoopSettings]:
         model_kwargs = model.model_dump(exclude={"name"})
     else:
         model_kwargs = dict(model.kwargs)
+        if job.data.task == "segmentation":
+            model_kwargs["fpn_channels"] = model.fpn_channels
     optimizer = job.train.optimizer.model_dump()
     optimizer["betas"] = tuple(optimizer["betas"])
     cpus = (job.scaling.resources_per_worker or {}).get("CPU", 1)
@@ -176,9 +178,26 @@ def build_run(job: JobConfig) -> tuple[Plan, LoopSettings]:
         # Only EfficientTrain++ curricula replay (progressive learning has no buffer).
         replay_capacity_samples=replay.capacity_samples if replay else 0,
         replay_dtype=replay.dtype if replay else "uint8",
+        task=job.data.task or "classification",
+        agvm=agvm_settings(job),
         **recipe_settings(job, plan),
     )
     return plan, settings
+
+
+def agvm_settings(job: JobConfig) -> dict | None:
+    """`AgvmHook` arguments and the component patterns (defaults by task), or None."""
+    from rayaccel.methods.agvm import DEFAULT_CLASSIFIER_PATTERNS, DEFAULT_SEGMENTATION_PATTERNS
+
+    if job.agvm is None:
+        return None
+    settings = job.agvm.model_dump()
+    if settings["components"] is None:
+        segmentation = job.data.task == "segmentation"
+        defaults = DEFAULT_SEGMENTATION_PATTERNS if segmentation else DEFAULT_CLASSIFIER_PATTERNS
+        settings["components"] = {k: list(v) for k, v in defaults.items()}
+    settings["clip"] = tuple(settings["clip"])
+    return settings
 
 
 def recipe_settings(job: JobConfig, plan: Plan) -> dict:
@@ -388,6 +407,7 @@ def _datasets(job: JobConfig, plan: Plan, *, board=None) -> dict:
         channels=data.channels,
         num_classes=data.num_classes,
         on_bad_row=data.on_bad_row,
+        task=data.task or "classification",
         random_crop_padding_px=data.augment.random_crop_padding_px,
         # Alternating flips are done on the worker (by sample index and epoch).
         horizontal_flip=data.augment.horizontal_flip and not job.tricks.alternating_flip,
@@ -427,6 +447,7 @@ def _datasets(job: JobConfig, plan: Plan, *, board=None) -> dict:
             channels=data.channels,
             num_classes=data.num_classes,
             on_bad_row=data.on_bad_row,
+            task=data.task or "classification",
         )
         val_meta = read_meta(data.val)
         for resolution_px in sorted({s.resolution_px for s in plan.stages}):
@@ -456,6 +477,8 @@ def summarize(folder: RunFolder, plan: Plan, *, wall_time_s: float) -> dict:
         "epochs_planned": plan.total_epochs,
         "final_val_acc": final.get("val_acc"),
         "final_val_loss": final.get("val_loss"),
+        # Segmentation: `final_val_acc` is pixel accuracy and this the mean IoU.
+        **({"final_val_miou": final["val_miou"]} if "val_miou" in final else {}),
         # The resolution the final accuracy was measured at (full size after the last epoch).
         "eval_resolution_px": final.get("val_resolution_px", final.get("resolution_px")),
         "compute_vs_baseline": plan.compute_relative_to_baseline(),

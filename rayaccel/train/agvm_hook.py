@@ -1,0 +1,127 @@
+"""AGVM in the training loop: the thin hook around `rayaccel.methods.agvm`.
+
+Besides the usual hook points (mu in the epoch metrics, AGVM's state and step counter in
+checkpoints) the loop calls two methods of its own on every step:
+
+- `backward(...)` instead of the usual backward pass when a measurement is due: two half-batch
+  passes that leave the full-batch gradient in `.grad` (`half_batch_gradients`);
+- `scale_lrs(optimizer)` after the step's base rates were set: each component's groups get
+  their mu.
+
+Steps are counted over the whole run (all stages and epochs), so `start_step` and `interval`
+mean the same thing in a resumed run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rayaccel.methods.agvm import (
+    AGVMState,
+    apply_multipliers,
+    component_param_groups,
+    group_parameters,
+    half_batch_gradients,
+)
+from rayaccel.methods.hooks import Hook
+
+ADAM_TYPES = ("adamw", "lamb")
+
+
+def split_optimizer_groups(
+    model: nn.Module, groups: list[dict], patterns: Mapping[str, Sequence[str]]
+) -> tuple[list[dict], dict[str, list[nn.Parameter]]]:
+    """The optimizer's groups split by AGVM component, and the components' parameters."""
+    components = group_parameters(model, patterns)
+    split, _ = component_param_groups(groups, components)
+    return split, components
+
+
+class AgvmHook(Hook):
+    """Per-component LR multipliers measured from half-batch gradients (see module docstring).
+
+    Args:
+        components: `{component: parameters}` from `split_optimizer_groups`.
+        optimizer_name: The job's optimizer; Adam-type ones precondition the half gradients.
+        start_step, interval, momentum, clip, eps: `AGVMState` settings.
+    """
+
+    def __init__(
+        self,
+        components: Mapping[str, Sequence[nn.Parameter]],
+        *,
+        optimizer_name: str,
+        start_step: int,
+        interval: int,
+        momentum: float,
+        clip: Sequence[float],
+        eps: float,
+    ):
+        self.components = {name: list(params) for name, params in components.items()}
+        self.state = AGVMState(
+            list(components),
+            momentum=momentum,
+            clip=tuple(clip),
+            eps=eps,
+            start_step=start_step,
+            interval=interval,
+        )
+        self.precondition = optimizer_name in ADAM_TYPES
+        self.step = 0
+        self.measured_in_epoch = 0
+
+    def due(self) -> bool:
+        return self.state.due(self.step)
+
+    def backward(
+        self,
+        model: nn.Module,
+        loss_of_rows: Callable[[Tensor, Tensor], Tensor],
+        inputs: Tensor,
+        optimizer: torch.optim.Optimizer,
+        scale_loss: Callable[[Tensor], Tensor],
+    ) -> None:
+        """Two half-batch backward passes; updates mu from their cosine distances.
+
+        `loss_of_rows(inputs_half, rows_half)` runs the forward pass on those rows of the
+        step's batch and returns their mean loss (it may record logits for the step's metrics).
+        """
+        rows = torch.arange(inputs.shape[0], device=inputs.device)
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # under Lookahead
+        result = half_batch_gradients(
+            model,
+            loss_of_rows,
+            inputs,
+            rows,
+            self.components,
+            precondition=optimizer if self.precondition else None,
+            scale_loss=scale_loss,
+        )
+        self.state.update(result.distances())
+        self.measured_in_epoch += 1
+
+    def scale_lrs(self, optimizer: torch.optim.Optimizer) -> None:
+        """Multiply each group's current LR by its component's mu (once per step)."""
+        component_of = {id(p): name for name, params in self.components.items() for p in params}
+        group_component = [component_of[id(g["params"][0])] for g in optimizer.param_groups]
+        apply_multipliers(optimizer, group_component, self.state.multipliers())
+
+    def after_step(self) -> None:
+        self.step += 1
+
+    def on_epoch_end(self) -> dict[str, float]:
+        metrics = {**self.state.metrics(), "agvm/measurements": self.measured_in_epoch}
+        self.measured_in_epoch = 0
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"agvm": self.state.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.state.load_state_dict(state["agvm"])
+            self.step = int(state["step"])
