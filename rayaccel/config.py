@@ -1009,11 +1009,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Applies `section.key=value` overrides; values are parsed as YAML (`3`, `true`, `[1,2]`)."""
+    """Applies `section.key=value` (or `section=value`) overrides; values are parsed as YAML
+    (`3`, `true`, `[1,2]`, `{rule: sqrt, base_batch: 64}`, `null` to drop a section)."""
     problems = []
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", key):
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
             problems.append(f"override {item!r}: expected section.key=value, e.g. train.epochs=3")
             continue
         try:

@@ -140,3 +140,30 @@ def test_data_pipeline_smoke_prints_throughput_and_replay_cut(ray_session, tmp_p
     # Stage 0 replays 2x: each step trains a full batch from half as many fresh images.
     (replay,) = results["replay"].values()
     assert replay["trained"] == 2 * replay["fresh"] > 0
+
+
+def test_large_batch_smoke_prints_miou_and_agvm_multipliers(ray_session, tmp_path, capsys):
+    bench = _load("large_batch")
+    results_file = tmp_path / "large_batch.json"
+    argv = ["--smoke", "--variants", "agvm", "--out", str(tmp_path / "runs")]
+    assert bench.main([*argv, "--json", str(results_file)]) == 0
+    out = capsys.readouterr().out
+    assert "| run | batch | optimizer | val mIoU |" in out and "| agvm | 512 | sgd |" in out
+    run = json.loads(results_file.read_text())["runs"]["agvm"]
+    assert 0 < run["final_val_miou"] <= run["final_val_pixel_acc"] <= 1
+    assert set(run["agvm_mu"]) == {"backbone", "neck", "head"}
+
+
+def test_large_batch_variants_differ_only_in_batch_optimizer_and_agvm(tmp_path):
+    bench = _load("large_batch")
+    jobs = bench.jobs(bench.SEG_FIXTURE, tmp_path, epochs=3, smoke=False)
+    assert set(jobs) == {"small", "linear", "agvm", "lamb"}
+    assert "agvm" in jobs["agvm"] and not any(
+        "agvm" in jobs[n] for n in ("small", "linear", "lamb")
+    )
+    assert jobs["small"]["train"]["global_batch_size"] == 32
+    assert {jobs[n]["train"]["global_batch_size"] for n in ("linear", "agvm", "lamb")} == {512}
+    assert jobs["lamb"]["train"]["optimizer"]["name"] == "lamb"
+    assert jobs["lamb"]["train"]["lr_scaling"]["rule"] == "sqrt"
+    for job in jobs.values():
+        assert job["model"] == jobs["linear"]["model"] and job["train"]["epochs"] == 3

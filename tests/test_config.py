@@ -316,12 +316,21 @@ def test_override_of_nested_section(tmp_path):
 
 def test_malformed_overrides_are_all_reported(tmp_path):
     path = _write(tmp_path, BASE_JOB)
-    assert _problems(path, ["trainepochs3", "=3", "epochs=3", "train.epochs.max=3"]) == [
+    assert _problems(path, ["trainepochs3", "=3", "train..epochs=3", "train.epochs.max=3"]) == [
         "override 'trainepochs3': expected section.key=value, e.g. train.epochs=3",
         "override '=3': expected section.key=value, e.g. train.epochs=3",
-        "override 'epochs=3': expected section.key=value, e.g. train.epochs=3",
+        "override 'train..epochs=3': expected section.key=value, e.g. train.epochs=3",
         "override 'train.epochs.max=3': epochs is not a section",
     ]
+
+
+def test_top_level_overrides_set_or_drop_whole_sections(tmp_path):
+    path = _write(tmp_path, {**BASE_JOB, "agvm": {"interval": 5}})
+    assert load_job(path).agvm.interval == 5
+    assert load_job(path, overrides=["agvm=null"]).agvm is None
+    assert load_job(path, overrides=["agvm={start_step: 3}"]).agvm.start_step == 3
+    problems = _problems(path, ["epochs=3"])
+    assert len(problems) == 1 and problems[0].startswith(f"{path}: epochs: unknown key")
 
 
 def test_override_creating_a_key_is_an_unknown_key(tmp_path):

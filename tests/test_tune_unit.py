@@ -23,7 +23,13 @@ from rayaccel.tune.curriculum_search import (
 )
 from rayaccel.tune.field_search import domain_extremes, overrides_text
 from rayaccel.tune.include import merge_curriculum
-from rayaccel.tune.lr_scaling_search import best_lr_per_batch, elb_section, fit_rule, trial_grid
+from rayaccel.tune.lr_scaling_search import (
+    best_lr_per_batch,
+    elb_section,
+    fit_rule,
+    job_overrides,
+    trial_grid,
+)
 from rayaccel.tune.spec import Choice, LogUniform, Uniform, load_search
 
 SEARCH_FILES = sorted((REPO_ROOT / "searches").glob("*.yaml"))
@@ -128,6 +134,17 @@ def test_fit_rule_recovers_a_power_law_and_caps_at_the_largest_best_lr():
     assert elb_section(rule) == {"lr_alpha": 0.75, "lr_max": round(0.1 * 8**0.75, 6)}
     # A fit outside the curriculum's lr_alpha range is clipped in the Early Large Batch form.
     assert elb_section({**rule, "alpha": -0.3})["lr_alpha"] == 0.0
+
+
+def test_fitted_rule_as_job_overrides_sets_the_jobs_lr_scaling():
+    best = {b: 0.1 * (b / 128) ** 0.75 for b in (64, 128, 512)}
+    rule = fit_rule(best, 128)
+    job = load_job("jobs/quickstart.yaml", [*job_overrides(rule), "train.global_batch_size=512"])
+    scaling = job.train.lr_scaling
+    assert scaling.rule == "fitted" and scaling.alpha == pytest.approx(0.75, abs=1e-4)
+    assert scaling.base_batch == 128
+    # The job trains at the rate the search found best for its batch.
+    assert make_plan(job, train_samples=4000).stages[0].peak_lr == pytest.approx(best[512], 1e-3)
 
 
 def test_fitted_rule_changes_early_large_batch_lrs():

@@ -82,6 +82,17 @@ def fit_rule(best_lrs: dict[int, float], base_batch: int) -> dict:
     }
 
 
+def job_overrides(rule: dict) -> list[str]:
+    """The fitted rule as `rayaccel run` overrides of the job's own LR scaling
+    (`train.lr_scaling`, rule `fitted`), for jobs with or without a curriculum."""
+    return [
+        f"train.optimizer.lr={rule['lr_base']:.6g}",
+        "train.lr_scaling={rule: fitted, "
+        f"base_batch: {rule['base_batch']}, alpha: {rule['alpha']:.4f}, "
+        f"lr_max: {rule['lr_max']:.6g}}}",
+    ]
+
+
 def elb_section(rule: dict) -> dict:
     """The fitted rule as Early Large Batch settings (curriculum keys)."""
     low, high = ALPHA_RANGE
@@ -155,6 +166,7 @@ def run_lr_scaling_search(search: LrScalingSearch, source: str, output: str | No
         "best_lr_per_batch": best,
         "rule": rule,
         "early_large_batch": elb,
+        "job_overrides": job_overrides(rule),
         # An epoch costs the same at every batch size (same images, same pixels).
         "search_cost_epochs": sum(r["epochs"] for r in rows),
         "search_wall_time_s": watch.elapsed_s(),
@@ -170,7 +182,9 @@ def run_lr_scaling_search(search: LrScalingSearch, source: str, output: str | No
             f"* (B / {base_batch})^{rule['alpha']:.3f}, capped at {rule['lr_max']:.4g}.\n"
             "Early Large Batch form (curriculum.lr_alpha, curriculum.lr_max):\n"
             f"  rayaccel run JOB --curriculum {rule_path} train.optimizer.lr={rule['lr_base']:.4g}"
-            f" train.global_batch_size={base_batch}"
+            f" train.global_batch_size={base_batch}\n"
+            "Or as the job's own LR scaling (any global batch, with or without a curriculum):\n"
+            "  rayaccel run JOB " + " ".join(f"'{o}'" for o in job_overrides(rule))
         ),
     )
     write_yaml(folder / "results.yaml", json.loads(json.dumps(summary)))
@@ -202,6 +216,7 @@ def format_lr_results(summary: dict) -> str:
         f"{table}{failed}\n"
         f"fitted: lr = {rule['lr_base']:.4g} * (B / {rule['base_batch']})^{rule['alpha']:.3f}, "
         f"cap {rule['lr_max']:.4g}; Early Large Batch: {summary['early_large_batch']}\n"
+        "as job overrides: " + " ".join(f"'{o}'" for o in summary["job_overrides"]) + "\n"
         f"search cost: {summary['search_cost_epochs']:.2f} epochs of the job; wall time "
         f"{summary['search_wall_time_s']:.0f} s\n"
         f"written: {summary['rule_file']} and {summary['results_file']}"
