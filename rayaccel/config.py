@@ -105,7 +105,8 @@ class TimmModel(_Strict):
 
     name: str = Field(min_length=1)
     kwargs: dict[str, Any] = {}
-    fpn_channels: int = Field(64, ge=8, le=1024)
+    # Segmentation only; None means 64.
+    fpn_channels: int | None = Field(None, ge=8, le=1024)
 
     @field_validator("kwargs")
     @classmethod
@@ -406,7 +407,8 @@ class _CurriculumBase(_Strict):
     lr_max: float | None = Field(None, gt=0, le=100)
     # Early Large Batch LR rule lr_B = lr * (batch_B / batch) ** lr_alpha: 0.5 is the
     # square-root rule; `rayaccel tune` LR-scaling searches fit it for a model and data set.
-    lr_alpha: float = Field(0.5, ge=0, le=2)
+    # None means 0.5, or train.lr_scaling's exponent when the job has one.
+    lr_alpha: float | None = Field(None, ge=0, le=2)
     replay: ReplaySection = ReplaySection()
     randaugment: bool = True
 
@@ -744,7 +746,7 @@ def large_batch_problems(job: JobConfig) -> list[str]:
                 f"{job.train.optimizer.lr} (the rate at base_batch), got {scaling.lr_max}"
             )
         curriculum = job.curriculum
-        if curriculum is not None and "lr_alpha" in getattr(curriculum, "model_fields_set", ()):
+        if curriculum is not None and getattr(curriculum, "lr_alpha", None) is not None:
             problems.append(
                 "curriculum.lr_alpha: train.lr_scaling sets the Early-Large-Batch exponent "
                 f"({scaling.rule}); remove one of them"
@@ -768,7 +770,7 @@ def task_problems(job: JobConfig) -> list[str]:
     if task is None:
         return []
     if task == "classification":
-        if isinstance(job.model, TimmModel) and "fpn_channels" in job.model.model_fields_set:
+        if isinstance(job.model, TimmModel) and job.model.fpn_channels is not None:
             return ["model.fpn_channels: only used with segmentation data (data.task)"]
         return []
     problems = []

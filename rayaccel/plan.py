@@ -349,7 +349,10 @@ def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_
     # train.lr_scaling, when given, is the one LR rule of the job: its exponent and cap also
     # give the Early-Large-Batch stages their rates.
     scaling = job.train.lr_scaling
-    lr_alpha = scaling.exponent if scaling is not None else curriculum.lr_alpha
+    if scaling is not None:
+        lr_alpha = scaling.exponent
+    else:
+        lr_alpha = 0.5 if curriculum.lr_alpha is None else curriculum.lr_alpha
     lr_cap = curriculum.lr_max or (scaling.lr_max if scaling is not None else None)
     if isinstance(curriculum, EtppCurriculum):
         resolutions = etpp.etpp_resolutions(curriculum.family, full_px)

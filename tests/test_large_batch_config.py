@@ -143,3 +143,17 @@ def test_fpn_channels_only_with_segmentation():
     raw["model"] = {"name": "resnet18", "fpn_channels": 32}
     with pytest.raises(ConfigError, match="model.fpn_channels: only used with segmentation"):
         parse_job(raw)
+
+
+def test_a_dumped_timm_job_parses_again():
+    import yaml
+
+    from rayaccel.config import dump_job
+
+    with_curriculum = _job(
+        scaling={"rule": "sqrt", "base_batch": 256},
+        curriculum={"preset": "et++", "budget_epochs": 60},
+    )
+    for raw in (_job(agvm={}), _segmentation(agvm={}), with_curriculum):
+        job = parse_job(raw)
+        assert parse_job(yaml.safe_load(dump_job(job))) == job

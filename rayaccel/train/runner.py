@@ -153,7 +153,7 @@ def build_run(job: JobConfig) -> tuple[Plan, LoopSettings]:
     else:
         model_kwargs = dict(model.kwargs)
         if job.data.task == "segmentation":
-            model_kwargs["fpn_channels"] = model.fpn_channels
+            model_kwargs["fpn_channels"] = model.fpn_channels or 64
     optimizer = job.train.optimizer.model_dump()
     optimizer["betas"] = tuple(optimizer["betas"])
     cpus = (job.scaling.resources_per_worker or {}).get("CPU", 1)

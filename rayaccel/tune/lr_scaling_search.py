@@ -88,7 +88,7 @@ def job_overrides(rule: dict) -> list[str]:
     return [
         f"train.optimizer.lr={rule['lr_base']:.6g}",
         "train.lr_scaling={rule: fitted, "
-        f"base_batch: {rule['base_batch']}, alpha: {rule['alpha']:.4f}, "
+        f"base_batch: {rule['base_batch']}, alpha: {min(max(rule['alpha'], 0.0), 2.0):.4f}, "
         f"lr_max: {rule['lr_max']:.6g}}}",
     ]
 
