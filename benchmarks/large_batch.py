@@ -63,6 +63,9 @@ def jobs(data: Path, storage: Path, *, epochs: int, smoke: bool) -> dict[str, di
     base["data"].update(train=str(data / "train"), val=str(data / "test"))
     base["run"].update(storage_path=str(storage))
     base["train"].update(epochs=epochs, log_every_steps=1000)
+    schedule = base["train"]["schedule"]
+    # Short runs (smoke, --epochs 1) keep the warmup inside the training.
+    schedule["warmup_epochs"] = min(schedule["warmup_epochs"], 0.2 * epochs)
     if smoke:
         base["agvm"].update(start_step=0, interval=2)
 
