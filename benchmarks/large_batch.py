@@ -46,12 +46,10 @@ def dataset_dir(full: bool) -> Path:
     if not SOURCE.is_dir():
         raise SystemExit(f"--full needs Debian's dataset-fashion-mnist package ({SOURCE})")
     if not (SEG_CACHE / "train" / "metadata.json").is_file():
-        from rayaccel.cli import main as cli
+        from rayaccel.data.prepare import prepare_dataset
 
         print(f"[bench] deriving {SOURCE} -> {SEG_CACHE}", flush=True)
-        code = cli(["data", "prepare", "fashion-seg", str(SOURCE), str(SEG_CACHE), "--overwrite"])
-        if code:
-            raise SystemExit(code)
+        prepare_dataset("fashion-seg", SOURCE, SEG_CACHE, overwrite=True)
     return SEG_CACHE
 
 

@@ -183,7 +183,9 @@ class LrScalingSection(_Strict):
 
     @property
     def exponent(self) -> float:
-        return {"linear": 1.0, "sqrt": 0.5, "none": 0.0}.get(self.rule, self.alpha)
+        from rayaccel.methods.lr_scaling import rule_exponent
+
+        return rule_exponent(self.rule, self.alpha)
 
 
 class CosineSchedule(_Strict):
@@ -1112,7 +1114,7 @@ def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
     for field, value in (
         ("channels", meta.channels),
         ("num_classes", meta.num_classes),
-        ("task", getattr(meta, "task", "classification")),
+        ("task", meta.task),
         ("mean", list(meta.mean)),
         ("std", list(meta.std)),
     ):
@@ -1125,7 +1127,7 @@ def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
             problems.append(
                 f"data.{name}: needs one value per channel ({channels}), got {len(values)}"
             )
-    tasks = {split: getattr(m, "task", "classification") for split, m in metas.items()}
+    tasks = {split: m.task for split, m in metas.items()}
     if "val" in tasks and tasks["val"] != tasks["train"]:
         problems.append(
             f"data.val: is a {tasks['val']} data set but data.train is {tasks['train']}"

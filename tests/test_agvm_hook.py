@@ -27,7 +27,7 @@ class _Net(nn.Module):
 def _setup(optimizer_name="sgd", **agvm):
     torch.manual_seed(0)
     model = _Net()
-    optimizer, components = recipe.build_recipe_optimizer(
+    optimizer, layout = recipe.build_recipe_optimizer(
         model,
         {"name": optimizer_name, "lr": 0.1, "weight_decay": 1e-4},
         bn_bias=None,
@@ -35,7 +35,7 @@ def _setup(optimizer_name="sgd", **agvm):
         agvm_components=DEFAULT_CLASSIFIER_PATTERNS,
     )
     settings = {"start_step": 0, "interval": 1, "momentum": 0.0, "clip": (0.5, 10.0), "eps": 1e-6}
-    hook = AgvmHook(components, optimizer_name=optimizer_name, **{**settings, **agvm})
+    hook = AgvmHook(*layout, optimizer_name=optimizer_name, **{**settings, **agvm})
     return model, optimizer, hook
 
 

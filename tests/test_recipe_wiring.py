@@ -329,6 +329,7 @@ def test_ema_hook_averages_swaps_for_evaluation_and_checkpoints():
 
 def test_tta_evaluation_averages_the_flipped_view():
     from rayaccel.train.loop import evaluate
+    from rayaccel.train.task import ClassificationTask
 
     class Shard:
         def iter_torch_batches(self, *, batch_size, drop_last):
@@ -345,8 +346,9 @@ def test_tta_evaluation_averages_the_flipped_view():
 
     mean, std = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
     args = (LeftHalf(), Shard(), mean, std, torch.device("cpu"), 2)
-    plain = evaluate(*args, resolution_px=4)
-    tta = evaluate(*args, resolution_px=4, tta={"flip": True, "translate_px": 0})
+    task = ClassificationTask(num_classes=2)
+    plain = evaluate(*args, resolution_px=4, task=task)
+    tta = evaluate(*args, resolution_px=4, task=task, tta={"flip": True, "translate_px": 0})
     # Averaged with its mirror, each image's two logits are equal: argmax picks class 0.
     assert plain["acc"] == 0.5 and tta["acc"] == 0.5
     assert tta["loss"] == pytest.approx(torch.log(torch.tensor(2.0)).item())

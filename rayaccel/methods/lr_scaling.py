@@ -83,10 +83,14 @@ def scale_lr(
     elif alpha is not None:
         raise ValueError(f"alpha is only used by rule 'fitted', got alpha={alpha!r} with {rule!r}")
 
-    ratio = batch / base_batch
-    exponent = {"linear": 1.0, "sqrt": 0.5, "fitted": alpha, "none": 0.0}[rule]
-    lr = base_lr * ratio**exponent
+    lr = base_lr * (batch / base_batch) ** rule_exponent(rule, alpha)
     return lr if lr_max is None else min(lr, lr_max)
+
+
+def rule_exponent(rule: str, alpha: float | None = None) -> float:
+    """The exponent e of ``lr = base_lr * (batch / base_batch) ** e`` for a rule of
+    ``LR_RULES`` (``alpha`` for "fitted"); arguments are checked by :func:`scale_lr`."""
+    return {"linear": 1.0, "sqrt": 0.5, "fitted": alpha, "none": 0.0}[rule]
 
 
 def linear_warmup_epochs_for(batch: int, base_batch: int, base_warmup_epochs: float) -> float:

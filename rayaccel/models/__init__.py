@@ -13,6 +13,7 @@ import difflib
 
 from torch import nn
 
+from rayaccel.data.metadata import TASKS
 from rayaccel.models.resnet9 import ResNet9
 from rayaccel.models.segmentation import DEFAULT_FPN_CHANNELS, SegmentationFPN
 
@@ -20,7 +21,6 @@ __all__ = ["ResNet9", "SegmentationFPN", "build_model", "model_exists", "suggest
 
 RESNET9_NAME = "resnet9"
 _MAX_SUGGESTIONS = 5
-TASKS = ("classification", "segmentation")
 
 
 def model_exists(name: str) -> bool:

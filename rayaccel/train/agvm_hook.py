@@ -34,11 +34,12 @@ ADAM_TYPES = ("adamw", "lamb")
 
 def split_optimizer_groups(
     model: nn.Module, groups: list[dict], patterns: Mapping[str, Sequence[str]]
-) -> tuple[list[dict], dict[str, list[nn.Parameter]]]:
-    """The optimizer's groups split by AGVM component, and the components' parameters."""
+) -> tuple[list[dict], dict[str, list[nn.Parameter]], list[str]]:
+    """The optimizer's groups split by AGVM component, the components' parameters, and the
+    component of each split group (aligned with the groups)."""
     components = group_parameters(model, patterns)
-    split, _ = component_param_groups(groups, components)
-    return split, components
+    split, group_component = component_param_groups(groups, components)
+    return split, components, group_component
 
 
 class AgvmHook(Hook):
@@ -46,6 +47,7 @@ class AgvmHook(Hook):
 
     Args:
         components: `{component: parameters}` from `split_optimizer_groups`.
+        group_component: The component of each optimizer group, from the same call.
         optimizer_name: The job's optimizer; Adam-type ones precondition the half gradients.
         start_step, interval, momentum, clip, eps: `AGVMState` settings.
     """
@@ -53,6 +55,7 @@ class AgvmHook(Hook):
     def __init__(
         self,
         components: Mapping[str, Sequence[nn.Parameter]],
+        group_component: Sequence[str],
         *,
         optimizer_name: str,
         start_step: int,
@@ -62,6 +65,7 @@ class AgvmHook(Hook):
         eps: float,
     ):
         self.components = {name: list(params) for name, params in components.items()}
+        self.group_component = list(group_component)
         self.state = AGVMState(
             list(components),
             momentum=momentum,
@@ -106,9 +110,7 @@ class AgvmHook(Hook):
 
     def scale_lrs(self, optimizer: torch.optim.Optimizer) -> None:
         """Multiply each group's current LR by its component's mu (once per step)."""
-        component_of = {id(p): name for name, params in self.components.items() for p in params}
-        group_component = [component_of[id(g["params"][0])] for g in optimizer.param_groups]
-        apply_multipliers(optimizer, group_component, self.state.multipliers())
+        apply_multipliers(optimizer, self.group_component, self.state.multipliers())
 
     def after_step(self) -> None:
         self.step += 1

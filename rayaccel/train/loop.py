@@ -138,7 +138,7 @@ def train_loop_per_worker(config: dict) -> dict:
     )
     model = ray.train.torch.prepare_model(model)
     agvm_settings = dict(settings.agvm or {})
-    optimizer, components = recipe.build_recipe_optimizer(
+    optimizer, agvm_layout = recipe.build_recipe_optimizer(
         model,
         settings.optimizer,
         bn_bias=settings.bn_bias,
@@ -146,8 +146,8 @@ def train_loop_per_worker(config: dict) -> dict:
         agvm_components=agvm_settings.pop("components", None),
     )
     agvm = (
-        AgvmHook(components, optimizer_name=settings.optimizer["name"], **agvm_settings)
-        if components is not None
+        AgvmHook(*agvm_layout, optimizer_name=settings.optimizer["name"], **agvm_settings)
+        if agvm_layout is not None
         else None
     )
     scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
@@ -369,7 +369,7 @@ def evaluate(
     batch_size: int,
     *,
     resolution_px: int,
-    task=None,
+    task,
     tta: dict | None = None,
 ) -> dict:
     """The task's validation metrics over this worker's part of the split, reduced.
@@ -385,7 +385,6 @@ def evaluate(
     """
     net = unwrap(model)
     net.eval()
-    task = task if task is not None else make_task("classification", num_classes=0)
     sums = task.new_eval(device)
     for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
         step_batch = _unpack(batch, device)

@@ -112,19 +112,20 @@ def build_recipe_optimizer(
         agvm_components: AGVM's `{component: name patterns}`, or None without AGVM.
 
     Returns:
-        `(optimizer, components)`: `components` maps each AGVM component to its parameters
-        (None without AGVM).
+        `(optimizer, agvm_layout)`: `agvm_layout` is `(components, group_component)` from
+        `split_optimizer_groups` (each component's parameters, each group's component), None
+        without AGVM.
     """
     bare = unwrap(model)
     if bn_bias is not None:
         groups = bn_bias_param_groups(bare, optimizer["lr"], optimizer["weight_decay"], **bn_bias)
     else:
         groups = param_groups(bare, optimizer["weight_decay"])
-    components = None
+    agvm_layout = None
     if agvm_components is not None:
-        groups, components = split_optimizer_groups(bare, groups, agvm_components)
+        groups, *agvm_layout = split_optimizer_groups(bare, groups, agvm_components)
     built = build_optimizer(model, **optimizer, groups=groups)
-    return (Lookahead(built, **lookahead) if lookahead is not None else built), components
+    return (Lookahead(built, **lookahead) if lookahead is not None else built), agvm_layout
 
 
 def recipe_hooks(

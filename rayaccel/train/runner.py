@@ -152,8 +152,8 @@ def build_run(job: JobConfig) -> tuple[Plan, LoopSettings]:
         model_kwargs = model.model_dump(exclude={"name"})
     else:
         model_kwargs = dict(model.kwargs)
-        if job.data.task == "segmentation":
-            model_kwargs["fpn_channels"] = model.fpn_channels or 64
+        if job.data.task == "segmentation" and model.fpn_channels is not None:
+            model_kwargs["fpn_channels"] = model.fpn_channels
     optimizer = job.train.optimizer.model_dump()
     optimizer["betas"] = tuple(optimizer["betas"])
     cpus = (job.scaling.resources_per_worker or {}).get("CPU", 1)

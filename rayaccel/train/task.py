@@ -14,6 +14,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from rayaccel.train.segmentation import (
+    IGNORE_INDEX,
+    confusion_matrix,
+    mean_iou,
+    per_sample_pixel_losses,
+    pixel_accuracy,
+)
+
 
 def _all_reduce(tensor: Tensor) -> Tensor:
     if dist.is_available() and dist.is_initialized():
@@ -69,15 +77,13 @@ class SegmentationTask:
         self.num_classes = num_classes
 
     def losses(self, logits: Tensor, labels: Tensor, targets: Tensor | None, smoothing: float):
-        from rayaccel.train.segmentation import per_sample_pixel_losses
-
         if targets is not None:
             raise ValueError("segmentation takes per-pixel labels, not soft (mixup) targets")
         return per_sample_pixel_losses(logits, labels, label_smoothing=smoothing)
 
     def correct(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """(correct pixels, counted pixels) of a batch, as float64 scalars."""
-        valid = labels != 255
+        valid = labels != IGNORE_INDEX
         correct = ((logits.argmax(1) == labels) & valid).sum().double()
         return correct, valid.sum().double()
 
@@ -86,15 +92,11 @@ class SegmentationTask:
         return torch.zeros(2 + self.num_classes**2, dtype=torch.float64, device=device)
 
     def eval_add(self, sums: Tensor, logits: Tensor, labels: Tensor) -> None:
-        from rayaccel.train.segmentation import confusion_matrix, per_sample_pixel_losses
-
         sums[0] += per_sample_pixel_losses(logits, labels).double().sum()
         sums[1] += labels.shape[0]
         sums[2:] += confusion_matrix(logits, labels, self.num_classes).flatten().double()
 
     def eval_result(self, sums: Tensor) -> dict:
-        from rayaccel.train.segmentation import mean_iou, pixel_accuracy
-
         sums = _all_reduce(sums)
         confusion = sums[2:].view(self.num_classes, self.num_classes).round().long().cpu()
         miou, _ = mean_iou(confusion)

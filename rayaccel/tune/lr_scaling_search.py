@@ -82,22 +82,26 @@ def fit_rule(best_lrs: dict[int, float], base_batch: int) -> dict:
     }
 
 
+def _clipped_alpha(rule: dict) -> float:
+    low, high = ALPHA_RANGE
+    return round(min(max(rule["alpha"], low), high), 4)
+
+
 def job_overrides(rule: dict) -> list[str]:
     """The fitted rule as `rayaccel run` overrides of the job's own LR scaling
     (`train.lr_scaling`, rule `fitted`), for jobs with or without a curriculum."""
     return [
         f"train.optimizer.lr={rule['lr_base']:.6g}",
         "train.lr_scaling={rule: fitted, "
-        f"base_batch: {rule['base_batch']}, alpha: {min(max(rule['alpha'], 0.0), 2.0):.4f}, "
+        f"base_batch: {rule['base_batch']}, alpha: {_clipped_alpha(rule)}, "
         f"lr_max: {rule['lr_max']:.6g}}}",
     ]
 
 
 def elb_section(rule: dict) -> dict:
     """The fitted rule as Early Large Batch settings (curriculum keys)."""
-    low, high = ALPHA_RANGE
     return {
-        "lr_alpha": round(min(max(rule["alpha"], low), high), 4),
+        "lr_alpha": _clipped_alpha(rule),
         "lr_max": round(rule["lr_max"], 6),
     }
 
@@ -184,7 +188,7 @@ def run_lr_scaling_search(search: LrScalingSearch, source: str, output: str | No
             f"  rayaccel run JOB --curriculum {rule_path} train.optimizer.lr={rule['lr_base']:.4g}"
             f" train.global_batch_size={base_batch}\n"
             "Or as the job's own LR scaling (any global batch, with or without a curriculum):\n"
-            "  rayaccel run JOB " + " ".join(f"'{o}'" for o in job_overrides(rule))
+            "  rayaccel run JOB " + " ".join(f"'{o}'" for o in summary["job_overrides"])
         ),
     )
     write_yaml(folder / "results.yaml", json.loads(json.dumps(summary)))
