@@ -15,6 +15,9 @@ Per steady-state epoch (epoch 1 excluded: start-up, first pipeline execution) it
 plain loop's time and two rayaccel times: the loop's own `epoch_time_s` (waiting for data
 plus training), and the interval between consecutive epoch reports (adds checkpointing,
 the report barrier and the next epoch's pipeline start-up). Target: <= 1.10x per epoch.
+It also prints where the loop's time went: its `data_wait_s` (blocked on the next batch) and
+`worker_cpu_s` (CPU seconds of the worker process); loop time that is neither waiting for
+data nor CPU time of the worker is time the worker was runnable but had no core.
 
     python benchmarks/ray_overhead.py               # full Fashion-MNIST (or fixture), 4 epochs
     python benchmarks/ray_overhead.py --fixture     # the 4,000-image fixture, 4 epochs (~3 min)
@@ -77,8 +80,9 @@ def decode_split(location: str):
     return torch.from_numpy(decoded["image"]), torch.from_numpy(decoded["label"])
 
 
-def plain_epochs(job, images, labels) -> list[float]:
-    """Trains the job's plan in a bare single-process loop; returns each epoch's seconds."""
+def plain_epochs(job, images, labels) -> tuple[list[float], list[float]]:
+    """Trains the job's plan in a bare single-process loop; returns each epoch's seconds
+    of wall time and of process CPU time."""
     import torch
     import torch.nn.functional as F
 
@@ -99,12 +103,13 @@ def plain_epochs(job, images, labels) -> list[float]:
     mean = torch.tensor(settings.mean).view(1, -1, 1, 1) * 255
     std = torch.tensor(settings.std).view(1, -1, 1, 1) * 255
     order = torch.Generator().manual_seed(settings.seed)
-    times_s = []
+    times_s, cpu_s = [], []
     for epoch in range(plan.total_epochs):
         stage = plan.stage_of(epoch)
         batch = stage.per_worker_batch
         model.train()
         started_s = time.perf_counter()
+        cpu_started_s = time.process_time()
         permutation = torch.randperm(len(labels), generator=order)
         for step in range(stage.steps_per_epoch):
             lr = plan.lr_at(epoch, step)
@@ -118,18 +123,27 @@ def plain_epochs(job, images, labels) -> list[float]:
             loss.backward()
             optimizer.step()
         times_s.append(time.perf_counter() - started_s)
+        cpu_s.append(time.process_time() - cpu_started_s)
         print(f"[bench] plain epoch {epoch + 1}: {times_s[-1]:.1f} s", flush=True)
-    return times_s
+    return times_s, cpu_s
 
 
-def compare(plain_s: list[float], rows: list[dict]) -> dict:
+def compare(plain_s: list[float], rows: list[dict], plain_cpu_s: list[float] | None = None) -> dict:
     """Per-epoch times of both sides and the steady-state ratios (epoch 1 excluded)."""
     loop_s = [row["epoch_time_s"] for row in rows]
     interval_s = [b["time_unix_s"] - a["time_unix_s"] for a, b in zip(rows, rows[1:], strict=False)]
     steady_plain = statistics.mean(plain_s[1:])
     steady_loop = statistics.mean(loop_s[1:])
     steady_interval = statistics.mean(interval_s)
+    wait_s = [row.get("data_wait_s") for row in rows]
+    cpu_s = [row.get("worker_cpu_s") for row in rows]
     return {
+        "plain_cpu_s": plain_cpu_s or [None] * len(plain_s),
+        "rayaccel_data_wait_s": wait_s,
+        "rayaccel_worker_cpu_s": cpu_s,
+        "steady_plain_cpu_s": _steady(plain_cpu_s or []),
+        "steady_data_wait_s": _steady(wait_s),
+        "steady_worker_cpu_s": _steady(cpu_s),
         "plain_epoch_s": plain_s,
         "rayaccel_loop_epoch_s": loop_s,
         "rayaccel_report_interval_s": [None, *interval_s],
@@ -141,27 +155,42 @@ def compare(plain_s: list[float], rows: list[dict]) -> dict:
     }
 
 
+def _steady(values: list) -> float | None:
+    """Mean from epoch 2 on, or None when a run did not record the value (older runs)."""
+    values = values[1:]
+    return statistics.mean(values) if values and None not in values else None
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
 def format_table(results: dict) -> str:
     lines = [
         f"Ray overhead on {results['data']} ({results['machine']}), {results['images']:,} "
         f"training images, 1 worker, 1 torch thread",
-        "| epoch | plain loop (s) | rayaccel loop epoch_time_s (s) | rayaccel report interval (s) |",
-        "|---|---|---|---|",
+        "| epoch | plain loop (s) | plain CPU (s) | rayaccel loop epoch_time_s (s) "
+        "| rayaccel report interval (s) | rayaccel data wait (s) | rayaccel worker CPU (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for epoch, (plain, loop, interval) in enumerate(
+    for epoch, columns in enumerate(
         zip(
             results["plain_epoch_s"],
+            results["plain_cpu_s"],
             results["rayaccel_loop_epoch_s"],
             results["rayaccel_report_interval_s"],
+            results["rayaccel_data_wait_s"],
+            results["rayaccel_worker_cpu_s"],
             strict=True,
         )
     ):
-        shown = "—" if interval is None else f"{interval:.1f}"
-        lines.append(f"| {epoch + 1} | {plain:.1f} | {loop:.1f} | {shown} |")
+        lines.append(f"| {epoch + 1} | " + " | ".join(_seconds(c) for c in columns) + " |")
     lines.append(
-        f"| steady (2..) | {results['steady_plain_s']:.1f} | {results['steady_loop_s']:.1f} "
+        f"| steady (2..) | {results['steady_plain_s']:.1f} "
+        f"| {_seconds(results['steady_plain_cpu_s'])} | {results['steady_loop_s']:.1f} "
         f"({results['loop_ratio']:.3f}x) | {results['steady_interval_s']:.1f} "
-        f"({results['interval_ratio']:.3f}x) |"
+        f"({results['interval_ratio']:.3f}x) | {_seconds(results['steady_data_wait_s'])} "
+        f"| {_seconds(results['steady_worker_cpu_s'])} |"
     )
     verdict = "meets" if results["interval_ratio"] <= TARGET_RATIO else "misses"
     lines.append(
@@ -193,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = overhead_job(data, storage, epochs=epochs)
     job = resolve_data(parse_job(raw, source=str(JOB)), source=str(JOB))
     images, labels = decode_split(job.data.train)
-    plain_s = plain_epochs(job, images, labels)
+    plain_s, plain_cpu_s = plain_epochs(job, images, labels)
     start_ray()
     summary = run(raw, source=str(JOB))
     from rayaccel.train.runner import RunFolder
@@ -203,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": str(data),
         "machine": machine(),
         "images": len(labels),
-        **compare(plain_s, rows),
+        **compare(plain_s, rows, plain_cpu_s),
     }
     print(format_table(results))
     if args.json:

@@ -104,14 +104,24 @@ def test_time_to_accuracy_smoke_prints_its_table_and_runs_write_plots(
 def test_ray_overhead_compares_steady_state_epochs():
     bench = _load("ray_overhead")
     rows = [
-        {"epoch_time_s": 12.0, "time_unix_s": 100.0},
-        {"epoch_time_s": 10.5, "time_unix_s": 111.0},
-        {"epoch_time_s": 10.5, "time_unix_s": 122.0},
+        {"epoch_time_s": 12.0, "time_unix_s": 100.0, "data_wait_s": 5.0, "worker_cpu_s": 6.0},
+        {"epoch_time_s": 10.5, "time_unix_s": 111.0, "data_wait_s": 1.0, "worker_cpu_s": 9.0},
+        {"epoch_time_s": 10.5, "time_unix_s": 122.0, "data_wait_s": 2.0, "worker_cpu_s": 8.0},
     ]
-    result = bench.compare([20.0, 10.0, 10.0], rows)
+    result = bench.compare([20.0, 10.0, 10.0], rows, [19.0, 9.5, 9.0])
     assert result["loop_ratio"] == pytest.approx(1.05)
     assert result["interval_ratio"] == pytest.approx(1.10)
     assert result["rayaccel_report_interval_s"] == [None, 11.0, 11.0]
+    assert result["steady_data_wait_s"] == pytest.approx(1.5)
+    assert result["steady_worker_cpu_s"] == pytest.approx(8.5)
+    assert result["steady_plain_cpu_s"] == pytest.approx(9.25)
+    # Runs from before the loop recorded its waits still compare, with the columns empty.
+    old = bench.compare(
+        [20.0, 10.0, 10.0], [{k: r[k] for k in ("epoch_time_s", "time_unix_s")} for r in rows]
+    )
+    assert old["steady_data_wait_s"] is None and "| — |" in bench.format_table(
+        {"data": "d", "machine": "m", "images": 1, **old}
+    )
 
 
 def test_ray_overhead_smoke_prints_its_table(ray_session, tmp_path, capsys):
@@ -123,6 +133,13 @@ def test_ray_overhead_smoke_prints_its_table(ray_session, tmp_path, capsys):
     results = json.loads(results_file.read_text())
     assert results["images"] == 4000
     assert len(results["plain_epoch_s"]) == len(results["rayaccel_loop_epoch_s"]) == 2
+    for loop_s, wait_s, cpu_s in zip(
+        results["rayaccel_loop_epoch_s"],
+        results["rayaccel_data_wait_s"],
+        results["rayaccel_worker_cpu_s"],
+        strict=True,
+    ):
+        assert 0 <= wait_s < loop_s and cpu_s > 0
     assert results["loop_ratio"] > 0 and results["interval_ratio"] > 0
 
 

@@ -59,6 +59,7 @@ def test_two_worker_run_writes_a_complete_run_folder(ray_session, tmp_path, caps
         assert row["train_images"] == 31 * 128
         assert row["val_images"] == 1000  # the validation split is not truncated
         assert row["images_per_s"] > 0 and row["epoch_time_s"] > 0
+        assert 0 <= row["data_wait_s"] < row["epoch_time_s"] and row["worker_cpu_s"] > 0
         assert row["global_batch"] == 128 and row["resolution_px"] == 28
     assert rows[0]["train_loss"] > rows[1]["train_loss"]
     assert (run_dir / "job.yaml").read_text().startswith("data:")

@@ -213,6 +213,10 @@ def train_loop_per_worker(config: dict) -> dict:
         hooks.on_epoch_start(epoch)
         model.train()
         started_s = time.perf_counter()
+        cpu_started_s = time.process_time()
+        # Time spent blocked on the next batch: preprocessing that cannot keep up with the
+        # accelerator shows here, not as slower steps.
+        data_wait_s = 0.0
         # loss, correct, counted (images or pixels), trained images, bad rows, fresh images
         sums = torch.zeros(6, dtype=torch.float64, device=device)
         audit = ShardAudit()  # this worker's share of the epoch, for the `workers` metrics
@@ -223,7 +227,9 @@ def train_loop_per_worker(config: dict) -> dict:
         # true number of steps (every worker gets an equal share of the epoch's rows).
         epoch_rows = hooks.epoch_samples(plan.train_samples) // context.get_world_size()
         steps = min(stage.steps_per_epoch, epoch_rows // stage.fresh_per_worker_batch)
+        waiting_since_s = time.perf_counter()
         for step, batch in enumerate(batches):
+            data_wait_s += time.perf_counter() - waiting_since_s
             if step >= steps:
                 break
             lr = plan.lr_at(epoch, step, steps)
@@ -282,9 +288,14 @@ def train_loop_per_worker(config: dict) -> dict:
                     ]
                 )
             progress.step(epoch, step, loss, images_in_step=stage.global_batch, steps=steps)
+            waiting_since_s = time.perf_counter()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(sums)
         epoch_time_s = time.perf_counter() - started_s
+        # CPU seconds of this worker's process (its threads, including Ray Data's batch
+        # prefetching): well below epoch_time_s minus data_wait_s means the worker was waiting
+        # for a CPU, not computing.
+        worker_cpu_s = time.process_time() - cpu_started_s
         loss_sum, correct, counted, count, bad, fresh_count = sums.tolist()
         state = TrainState(
             next_epoch=epoch + 1,
@@ -325,6 +336,8 @@ def train_loop_per_worker(config: dict) -> dict:
             "bad_rows_skipped": int(bad),
             "epoch_time_s": epoch_time_s,
             "images_per_s": count / epoch_time_s,
+            "data_wait_s": data_wait_s,
+            "worker_cpu_s": worker_cpu_s,
             "images_seen": state.images_seen,
             "fresh_images_seen": state.fresh_images_seen,
             "world_size": context.get_world_size(),
