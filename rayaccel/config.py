@@ -238,6 +238,10 @@ class TrainConfig(_Strict):
     schedule: ScheduleConfig = CosineSchedule()
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # NHWC activations and weights: convolutions take their channels-last kernels (tensor
+    # cores under autocast on GPUs, oneDNN's NHWC path on CPUs). Off by default: layers
+    # that `view` NCHW tensors in user models would fail.
+    channels_last: bool = False
     seed: int = 0
     eval_every_epochs: int = Field(1, ge=1)
     log_every_steps: int = Field(20, ge=1)

@@ -41,7 +41,8 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def test_two_worker_run_writes_a_complete_run_folder(ray_session, tmp_path, capsys):
-    overrides = _fixture_overrides(tmp_path, "e2e") + ["train.epochs=2"]
+    # Channels-last here (2 workers, DDP): every other end-to-end run trains NCHW.
+    overrides = _fixture_overrides(tmp_path, "e2e") + ["train.epochs=2", "train.channels_last=true"]
     assert main(["run", QUICKSTART, *overrides]) == 0
     out = capsys.readouterr().out
 

@@ -62,6 +62,8 @@ class LoopSettings:
     log_every_steps: int
     has_val: bool
     torch_threads: int
+    # NHWC weights and inputs (`train.channels_last`).
+    channels_last: bool = False
     # Replay buffer per worker (used by stages with replay factor > 1).
     replay_capacity_samples: int = 0
     replay_dtype: str = "uint8"
@@ -136,6 +138,8 @@ def train_loop_per_worker(config: dict) -> dict:
         mean=settings.mean,
         std=settings.std,
     )
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     agvm_settings = dict(settings.agvm or {})
     optimizer, agvm_layout = recipe.build_recipe_optimizer(
@@ -240,6 +244,7 @@ def train_loop_per_worker(config: dict) -> dict:
             step_batch = hooks.on_batch(fresh)
             step_batch.images = (step_batch.images.float() - mean) / std
             step_batch = hooks.on_inputs(step_batch)
+            step_batch.images = in_memory_format(step_batch.images, settings.channels_last)
             labels = step_batch.labels
             optimizer.zero_grad(set_to_none=True)
             outputs = []  # (logits, per-sample losses) of each forward pass of the step
@@ -319,6 +324,7 @@ def train_loop_per_worker(config: dict) -> dict:
                     resolution_px=val_px,
                     task=task,
                     tta=settings.tta,
+                    channels_last=settings.channels_last,
                 )
         metrics = {
             "epoch": epoch,
@@ -357,6 +363,26 @@ def train_loop_per_worker(config: dict) -> dict:
     }
 
 
+def in_memory_format(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """NCHW images with the strides of the requested layout.
+
+    `contiguous(memory_format=...)` is not enough: with one channel (grey images) a tensor is
+    contiguous in both layouts, so it would keep whichever strides it came with, and the
+    first convolution picks its kernel layout from those strides. `clone` sets them.
+    """
+    wanted = torch.channels_last if channels_last else torch.contiguous_format
+    if images.dim() != 4 or images.stride() == _strides_of(images, wanted):
+        return images
+    return images.clone(memory_format=wanted)
+
+
+def _strides_of(images: torch.Tensor, memory_format: torch.memory_format) -> tuple:
+    n, c, h, w = images.shape
+    if memory_format == torch.channels_last:
+        return (h * w * c, 1, w * c, c)
+    return (c * h * w, h * w, w, 1)
+
+
 def _unpack(batch: dict, device: torch.device) -> StepBatch:
     """Images, labels and indices of a Ray Data batch, without its bad rows."""
     images = batch["image"].to(device, non_blocking=True)
@@ -384,6 +410,7 @@ def evaluate(
     resolution_px: int,
     task,
     tta: dict | None = None,
+    channels_last: bool = False,
 ) -> dict:
     """The task's validation metrics over this worker's part of the split, reduced.
 
@@ -402,7 +429,7 @@ def evaluate(
     for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
         step_batch = _unpack(batch, device)
         images, labels = step_batch.images, step_batch.labels
-        inputs = (images.float() - mean) / std
+        inputs = in_memory_format((images.float() - mean) / std, channels_last)
         if inputs.shape[-1] != resolution_px:
             inputs = lowpass_crop(inputs, resolution_px)
         logits = predict_with_tta(net, inputs, **tta) if tta else net(inputs).float()

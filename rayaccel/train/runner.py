@@ -169,6 +169,7 @@ def build_run(job: JobConfig) -> tuple[Plan, LoopSettings]:
         optimizer=optimizer,
         label_smoothing=job.train.label_smoothing,
         precision=job.train.precision,
+        channels_last=job.train.channels_last,
         seed=job.train.seed,
         eval_every_epochs=job.train.eval_every_epochs,
         checkpoint_every_epochs=job.run.checkpoint_every_epochs,
