@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
+from conftest import REPO_ROOT
 from test_recipe_wiring import _job
 
+from rayaccel.config import parse_job
 from rayaccel.models import build_model
 from rayaccel.train.loop import in_memory_format
 from rayaccel.train.runner import build_run
@@ -55,7 +58,10 @@ def test_a_channels_last_model_computes_what_the_nchw_one_does():
 
 
 def test_job_field_reaches_the_loop_settings():
-    _, settings = build_run(_job({"data.mode": "ray", "tricks": {}}))
+    _, settings = build_run(_job())
+    assert settings.channels_last is True  # jobs/fashion-mnist-fast.yaml sets it
+    _, settings = build_run(_job({"train.channels_last": False}))
     assert settings.channels_last is False
-    _, settings = build_run(_job({"data.mode": "ray", "tricks": {}, "train.channels_last": True}))
-    assert settings.channels_last is True
+    raw = yaml.safe_load((REPO_ROOT / "jobs" / "quickstart.yaml").read_text())
+    assert "channels_last" not in raw["train"]
+    assert parse_job(raw, source="quickstart.yaml").train.channels_last is False  # the default
