@@ -17,7 +17,7 @@ Data: the bundled segmentation fixture (`data/fixture/fashion-seg`, 4,000 + 1,00
 `--full` derives the set from the full Fashion-MNIST when Debian's package is installed
 (60,000 + 10,000 images, prepared once into ~/.cache/rayaccel/fashion-seg).
 
-    python benchmarks/large_batch.py                  # fixture, 4 runs: ~15-30 min on 2 cores
+    python benchmarks/large_batch.py                  # fixture, 4 runs: ~10-30 min on 2 cores
     python benchmarks/large_batch.py --smoke          # harness check: 1 epoch each, 2 variants
     python benchmarks/large_batch.py --epochs 12 --variants linear,agvm
 """
