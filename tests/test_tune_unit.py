@@ -25,8 +25,10 @@ from rayaccel.tune.field_search import domain_extremes, overrides_text
 from rayaccel.tune.include import merge_curriculum
 from rayaccel.tune.lr_scaling_search import (
     best_lr_per_batch,
+    clipping_note,
     elb_section,
     fit_rule,
+    format_lr_results,
     job_overrides,
     trial_grid,
 )
@@ -134,6 +136,47 @@ def test_fit_rule_recovers_a_power_law_and_caps_at_the_largest_best_lr():
     assert elb_section(rule) == {"lr_alpha": 0.75, "lr_max": round(0.1 * 8**0.75, 6)}
     # A fit outside the curriculum's lr_alpha range is clipped in the Early Large Batch form.
     assert elb_section({**rule, "alpha": -0.3})["lr_alpha"] == 0.0
+
+
+def test_a_clipped_fit_is_named_in_the_printout_and_only_then():
+    # The best LR fell as the batch grew (noisy trials, as a CI run on the fixture found):
+    # the files carry alpha 0, and the printout must say why instead of contradicting them.
+    falling = fit_rule({64: 0.282843, 128: 0.1}, 128)
+    assert falling["alpha"] == pytest.approx(-1.5, abs=1e-3)
+    note = clipping_note(falling)
+    assert "-1.500 lies outside [0, 2]" in note and "use 0." in note
+    summary = {
+        "best_lr_per_batch": {64: 0.282843, 128: 0.1},
+        "rule": falling,
+        "early_large_batch": elb_section(falling),
+        "job_overrides": job_overrides(falling),
+        "search_cost_epochs": 7,
+        "search_wall_time_s": 192.0,
+        "trials": [
+            {
+                "train.global_batch_size": 64,
+                "train.optimizer.lr": 0.282843,
+                "epochs": 2,
+                "val_acc": 0.803,
+                "trial_s": 87.0,
+            },
+            {
+                "train.global_batch_size": 128,
+                "train.optimizer.lr": 0.1,
+                "epochs": 2,
+                "val_acc": 0.788,
+                "trial_s": 93.0,
+            },
+        ],
+        "failed_trials": [],
+        "rule_file": "lr_rule.yaml",
+        "results_file": "results.yaml",
+    }
+    assert note in format_lr_results(summary)
+    # A fit inside the range is written as fitted, with no note.
+    rising = fit_rule({64: 0.1, 128: 0.1 * 2**0.5}, 128)
+    assert clipping_note(rising) == ""
+    assert "lies outside" not in format_lr_results({**summary, "rule": rising})
 
 
 def test_fitted_rule_as_job_overrides_sets_the_jobs_lr_scaling():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 from rayaccel.config import ConfigError
@@ -85,6 +86,23 @@ def fit_rule(best_lrs: dict[int, float], base_batch: int) -> dict:
 def _clipped_alpha(rule: dict) -> float:
     low, high = ALPHA_RANGE
     return round(min(max(rule["alpha"], low), high), 4)
+
+
+def clipping_note(rule: dict) -> str:
+    """A sentence for the header and the printout when the written exponent is not the fit's.
+
+    With few, noisy trials the best LR can fall as the batch grows (a negative fit); the files
+    then carry the clipped exponent, and saying so keeps the header from contradicting them.
+    """
+    clipped = _clipped_alpha(rule)
+    if clipped == round(rule["alpha"], 4):
+        return ""
+    low, high = ALPHA_RANGE
+    return (
+        f"The fitted exponent {rule['alpha']:.3f} lies outside [{low:g}, {high:g}], the range "
+        f"Early Large Batch and train.lr_scaling accept; the files use {clipped:g}. "
+        "Trials this noisy rarely rank LRs reliably: add multipliers or epochs and search again."
+    )
 
 
 def job_overrides(rule: dict) -> list[str]:
@@ -178,13 +196,15 @@ def run_lr_scaling_search(search: LrScalingSearch, source: str, output: str | No
         "failed_trials": errors,
     }
     rule_path = Path(output) if output else folder / "lr_rule.yaml"
+    note = textwrap.fill(clipping_note(rule), width=95)
     write_yaml(
         rule_path,
         {"curriculum": elb},
         header=(
             f"Fitted by `rayaccel tune {source}` for {search.job}: lr = {rule['lr_base']:.4g} "
             f"* (B / {base_batch})^{rule['alpha']:.3f}, capped at {rule['lr_max']:.4g}.\n"
-            "Early Large Batch form (curriculum.lr_alpha, curriculum.lr_max):\n"
+            + (note + "\n" if note else "")
+            + "Early Large Batch form (curriculum.lr_alpha, curriculum.lr_max):\n"
             f"  rayaccel run JOB --curriculum {rule_path} train.optimizer.lr={rule['lr_base']:.4g}"
             f" train.global_batch_size={base_batch}\n"
             "Or as the job's own LR scaling (any global batch, with or without a curriculum):\n"
@@ -220,7 +240,10 @@ def format_lr_results(summary: dict) -> str:
         f"{table}{failed}\n"
         f"fitted: lr = {rule['lr_base']:.4g} * (B / {rule['base_batch']})^{rule['alpha']:.3f}, "
         f"cap {rule['lr_max']:.4g}; Early Large Batch: {summary['early_large_batch']}\n"
-        "as job overrides: " + " ".join(f"'{o}'" for o in summary["job_overrides"]) + "\n"
+        + (clipping_note(rule) + "\n" if clipping_note(rule) else "")
+        + "as job overrides: "
+        + " ".join(f"'{o}'" for o in summary["job_overrides"])
+        + "\n"
         f"search cost: {summary['search_cost_epochs']:.2f} epochs of the job; wall time "
         f"{summary['search_wall_time_s']:.0f} s\n"
         f"written: {summary['rule_file']} and {summary['results_file']}"
