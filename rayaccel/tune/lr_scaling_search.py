@@ -235,12 +235,13 @@ def format_lr_results(summary: dict) -> str:
         ],
     )
     rule = summary["rule"]
+    note = clipping_note(rule)
     failed = "".join(f"\nfailed: {line}" for line in summary["failed_trials"])
     return (
         f"{table}{failed}\n"
         f"fitted: lr = {rule['lr_base']:.4g} * (B / {rule['base_batch']})^{rule['alpha']:.3f}, "
         f"cap {rule['lr_max']:.4g}; Early Large Batch: {summary['early_large_batch']}\n"
-        + (clipping_note(rule) + "\n" if clipping_note(rule) else "")
+        + (note + "\n" if note else "")
         + "as job overrides: "
         + " ".join(f"'{o}'" for o in summary["job_overrides"])
         + "\n"
