@@ -71,7 +71,8 @@ class ParquetData(_Strict):
     task: Literal["classification", "segmentation"] | None = None
     # ray: Ray Data decodes and augments every epoch on CPU tasks; device: each worker decodes
     # its disjoint part of the splits once, keeps the uint8 pixels on its device and augments
-    # whole batches there (datasets that fit in device memory, e.g. CIFAR or Fashion-MNIST).
+    # whole batches there (datasets that fit in device memory, e.g. CIFAR or Fashion-MNIST);
+    # an EfficientTrain++ curriculum then down-samples on the worker in either of its modes.
     mode: Literal["ray", "device"] = "ray"
 
     @field_validator("std")
@@ -397,6 +398,8 @@ class _CurriculumBase(_Strict):
     `mode` picks the low-frequency realisation: `resize` down-samples on the CPU side after
     crop/flip/RandAugment at full size (also cuts decode-to-worker transfer); `fft` keeps
     batches at full size and applies the exact FFT crop on the worker after normalisation.
+    With `data.mode: device` there is no CPU pipeline: both modes run on the worker, after its
+    crops and flips (RandAugment, which only Ray Data has, must then be off).
     `train.epochs` stays the baseline that `budget_epochs` is compared to, and with a
     curriculum `train.schedule.warmup_epochs` counts equivalent full-resolution epochs of
     compute. `randaugment: false` keeps every stage's magnitude at 0 (use it when the baseline
@@ -611,12 +614,15 @@ def curriculum_problems(job: JobConfig) -> list[str]:
         return []
     if isinstance(curriculum, ProgressiveCurriculum):
         return _progressive_problems(job)
-    if job.data.mode == "device":
-        return [
-            "data.mode: device keeps one resolution on the device; an EfficientTrain++ "
-            "curriculum needs data.mode: ray"
-        ]
     problems = []
+    if job.data.mode == "device" and curriculum.randaugment:
+        # The device keeps the full-resolution pixels and down-samples them on the worker
+        # (both modes), but RandAugment exists only in the Ray Data pipeline.
+        problems.append(
+            "curriculum.randaugment: the RandAugment ramp runs in the Ray Data pipeline; with "
+            "data.mode: device set it to false (crops, flips and cutout run on the device), or "
+            "use data.mode: ray"
+        )
     workers = job.scaling.max_workers
     batch = job.train.global_batch_size
     if curriculum.max_global_batch is not None and curriculum.max_global_batch < batch:

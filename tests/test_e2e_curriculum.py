@@ -18,8 +18,10 @@ from rayaccel.cli import main
 pytestmark = pytest.mark.ray
 
 
-def _three_stage_job(tmp_path: Path, mode: str) -> Path:
+def _three_stage_job(tmp_path: Path, mode: str, **sections) -> Path:
     job = yaml.safe_load((REPO_ROOT / "jobs" / "quickstart-etpp.yaml").read_text())
+    for section, fields in sections.items():
+        job[section].update(fields)
     job["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
     job["train"].update(epochs=2, log_every_steps=100)
     job["train"]["schedule"]["warmup_epochs"] = 0.2
@@ -64,3 +66,33 @@ def test_three_stage_curriculum_runs_each_stage_as_planned(ray_session, tmp_path
     plan = json.loads((run_dir / "plan.json").read_text())
     assert plan["lowpass_mode"] == mode
     assert [s["dataset"] for s in plan["stages"]] == ["train_s0", "train_s1", "train_s2"]
+
+
+def test_curriculum_on_device_resident_data_down_samples_on_the_workers(ray_session, tmp_path):
+    """`data.mode: device`: one full-resolution copy per worker, crops and flips there, and
+    each stage's B made by the worker's anti-aliased resize (no Ray Data pass per epoch)."""
+    job_path = _three_stage_job(
+        tmp_path,
+        "resize",
+        data={"mode": "device"},
+        scaling={"resources_per_worker": {"CPU": 1}},
+    )
+    job = yaml.safe_load(job_path.read_text())
+    job["curriculum"]["randaugment"] = False  # RandAugment lives in the Ray Data pipeline
+    job["run"]["name"] = "etpp-device"
+    job_path.write_text(yaml.safe_dump(job))
+
+    assert main(["run", str(job_path)]) == 0
+    run_dir = tmp_path / "etpp-device"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["resolution_px"] for r in rows] == [14, 20, 28]
+    assert [r["global_batch"] for r in rows] == [512, 250, 128]
+    assert [r["randaug_magnitude"] for r in rows] == [0, 0, 0]
+    # Each worker holds 2000 of the 4000 rows; replay doubles the 14-px stage's images.
+    assert rows[0]["fresh_images"] == 2 * (2000 // 128) * 128
+    assert rows[0]["train_images"] == 2 * rows[0]["fresh_images"]
+    assert [r["val_resolution_px"] for r in rows] == [14, 20, 28]
+    assert all(r["val_images"] == 1000 for r in rows)
+    assert summary["eval_resolution_px"] == 28
+    assert summary["final_val_acc"] > 0.3  # 10 classes; chance is 0.1

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from rayaccel.methods.frequency import lowpass_crop, resize_antialias
+from rayaccel.methods.frequency import (
+    downsample,
+    lowpass_crop,
+    resize_antialias,
+    resize_antialias_tensor,
+)
 
 # (input H, W) -> (output h, w) covering every parity combination and non-square shapes.
 SHAPES = [
@@ -178,3 +183,25 @@ def test_resize_antialias_rejects_bad_input():
         resize_antialias(np.zeros((1, 8, 8, 3), dtype=np.float32), 4)
     with pytest.raises(ValueError, match="size"):
         resize_antialias(np.zeros((1, 8, 8, 3), dtype=np.uint8), 9)
+
+
+def test_resize_antialias_tensor_keeps_a_constant_image_and_returns_the_input_at_full_size():
+    x = torch.full((2, 3, 20, 20), -0.7)
+    assert_max_abs_diff(resize_antialias_tensor(x, 10), torch.full((2, 3, 10, 10), -0.7), atol=1e-6)
+    assert resize_antialias_tensor(x, 20) is x
+
+
+def test_resize_antialias_tensor_is_safe_under_cpu_bf16_autocast():
+    x = torch.randn(2, 1, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = resize_antialias_tensor(x, 14)
+    assert out.dtype == torch.float32
+    assert_max_abs_diff(out, resize_antialias_tensor(x, 14), atol=0)
+
+
+def test_downsample_dispatches_by_mode_and_rejects_others():
+    x = torch.randn(2, 1, 12, 12)
+    assert torch.equal(downsample(x, 6, "fft"), lowpass_crop(x, 6))
+    assert torch.equal(downsample(x, 6, "resize"), resize_antialias_tensor(x, 6))
+    with pytest.raises(ValueError, match="'fft' or 'resize'"):
+        downsample(x, 6, "bilinear")

@@ -9,7 +9,7 @@ import torch
 
 from rayaccel.data.pipeline import DecodeSpec, decode_batch
 from rayaccel.data.randaugment import rand_augment
-from rayaccel.methods.frequency import lowpass_crop
+from rayaccel.methods.frequency import lowpass_crop, resize_antialias
 from rayaccel.methods.hooks import LowPassCropHook, ReplayHook, StepBatch, build_hooks
 
 
@@ -54,6 +54,36 @@ def test_lowpass_hook_crops_inputs_to_the_stage_resolution():
     assert torch.allclose(out.images, lowpass_crop(inputs, 14))
     hook.on_stage_start(stage(28))
     assert hook.on_inputs(StepBatch(inputs, torch.zeros(3), torch.arange(3))).images is inputs
+
+
+def test_device_resident_data_resizes_on_the_worker_before_replay():
+    def hooks(data_on_device):
+        return build_hooks(
+            lowpass_mode="resize",
+            data_on_device=data_on_device,
+            replay_capacity_samples=64,
+            replay_dtype="uint8",
+            device=torch.device("cpu"),
+            seed=0,
+        ).hooks
+
+    assert [type(h) for h in hooks(False)] == [ReplayHook]
+    on_device = hooks(True)
+    assert [type(h) for h in on_device] == [LowPassCropHook, ReplayHook]
+    assert on_device[0].mode == "resize"
+
+
+def test_resize_hook_matches_the_ray_data_down_sampling():
+    # Device-resident data resizes normalised floats; Ray Data resizes uint8 pixels. The two
+    # must agree up to the uint8 rounding, or a job would train differently in each data mode.
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 1, 28, 28), np.uint8))
+    hook = LowPassCropHook("resize")
+    hook.on_stage_start(stage(14))
+    out = hook.on_inputs(StepBatch(pixels.float(), torch.zeros(4), torch.arange(4))).images
+    cpu = resize_antialias(pixels.permute(0, 2, 3, 1).numpy(), 14)
+    expected = torch.from_numpy(cpu).permute(0, 3, 1, 2).float()
+    assert out.shape == (4, 1, 14, 14)
+    assert (out.clamp(0, 255) - expected).abs().max() <= 1.0
 
 
 def test_uint8_replay_fills_the_batch_and_is_reproducible_per_epoch():

@@ -82,8 +82,9 @@ def _problems(changes: dict) -> list[str]:
                 "curriculum": {"preset": "et++", "budget_epochs": 4},
                 "train.schedule": {"name": "cosine"},
             },
-            "fast.yaml: data.mode: device keeps one resolution on the device; an EfficientTrain++ "
-            "curriculum needs data.mode: ray",
+            "fast.yaml: curriculum.randaugment: the RandAugment ramp runs in the Ray Data "
+            "pipeline; with data.mode: device set it to false (crops, flips and cutout run on "
+            "the device), or use data.mode: ray",
         ),
     ],
 )

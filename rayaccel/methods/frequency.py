@@ -8,6 +8,10 @@ Two realisations of the same idea (METHODS.md section 1):
   accelerator per batch, after normalisation.
 - ``resize_antialias``: the fast CPU realisation of the EfficientTrain++ release, an anti-aliased
   bicubic down-sampling applied to uint8 images before normalisation.
+
+``downsample`` applies either to a float batch on the worker's device: with device-resident data
+(``data.mode: device``) there is no CPU pipeline to resize in, so the ``resize`` mode runs there
+too.
 """
 
 import numpy as np
@@ -144,3 +148,39 @@ def resize_antialias(images_uint8: np.ndarray, size: int | tuple[int, int]) -> n
     batch_nchw = torch.from_numpy(batch_nhwc).permute(0, 3, 1, 2)
     resized = F.interpolate(batch_nchw, size=size_hw, mode="bicubic", antialias=True)
     return resized.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def resize_antialias_tensor(x: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Anti-aliased bicubic down-sampling of a float batch on its own device.
+
+    The ``resize`` realisation for device-resident data: the same filter as
+    ``resize_antialias`` (``F.interpolate(mode="bicubic", antialias=True)``), applied to
+    normalised float inputs, so nothing is rounded to uint8 and CUDA (which has no uint8 bicubic
+    kernel) runs it too. Bicubic overshoot is kept (the inputs are normalised, not pixels).
+
+    Args:
+        x: Images shaped ``(N, C, H, W)``, floating point.
+        size: Output side ``size`` or ``(size_h, size_w)`` in pixels, ``1 <= size <= (H, W)``.
+
+    Returns:
+        Tensor shaped ``(N, C, size_h, size_w)``; ``x`` itself when the size is unchanged.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"x must be shaped (N, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    size_hw = _size_hw(size, *x.shape[-2:])
+    if size_hw == tuple(x.shape[-2:]):
+        return x
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        resized = F.interpolate(x.float(), size=size_hw, mode="bicubic", antialias=True)
+    return resized.to(x.dtype)
+
+
+def downsample(x: Tensor, size: int | tuple[int, int], mode: str) -> Tensor:
+    """A float batch at ``size`` by the curriculum's ``mode``: "fft" or "resize"."""
+    if mode == "fft":
+        return lowpass_crop(x, size)
+    if mode == "resize":
+        return resize_antialias_tensor(x, size)
+    raise ValueError(f"mode must be 'fft' or 'resize', got {mode!r}")

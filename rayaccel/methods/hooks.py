@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rayaccel.methods.frequency import lowpass_crop
+from rayaccel.methods.frequency import downsample
 from rayaccel.methods.replay import ReplayBuffer
 
 
@@ -98,13 +98,18 @@ class Hook:
 
 
 class LowPassCropHook(Hook):
-    """EfficientTrain++ `fft` mode: exact FFT low-frequency crop of the inputs to the stage's B.
+    """EfficientTrain++ on the worker: the inputs low-pass cropped to the stage's B.
 
-    Runs on normalised fp32 inputs (`lowpass_crop` disables autocast itself); batches already
-    at B (full-resolution stages) pass through untouched.
+    Mode `fft` is the exact FFT crop; mode `resize` the anti-aliased bicubic down-sampling,
+    here only for device-resident data (with Ray Data, `resize` happens in the CPU pipeline).
+    Runs on normalised fp32 inputs (both disable autocast themselves); batches already at B
+    (full-resolution stages) pass through untouched.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "fft") -> None:
+        if mode not in ("fft", "resize"):
+            raise ValueError(f"mode must be 'fft' or 'resize', got {mode!r}")
+        self.mode = mode
         self.size_px: int | None = None
 
     def on_stage_start(self, stage: Any) -> None:
@@ -112,7 +117,7 @@ class LowPassCropHook(Hook):
 
     def on_inputs(self, batch: StepBatch) -> StepBatch:
         if batch.images.shape[-1] != self.size_px or batch.images.shape[-2] != self.size_px:
-            batch.images = lowpass_crop(batch.images, self.size_px)
+            batch.images = downsample(batch.images, self.size_px, self.mode)
         return batch
 
 
@@ -257,6 +262,7 @@ class MethodHooks:
 def build_hooks(
     *,
     lowpass_mode: str | None,
+    data_on_device: bool = False,
     replay_capacity_samples: int,
     replay_dtype: str,
     device: torch.device,
@@ -274,8 +280,10 @@ def build_hooks(
     uint8 buffer's replayed pixels are cropped together with the fresh ones.
 
     Args:
-        lowpass_mode: "fft" adds the on-device FFT crop; "resize" (done by Ray Data) and None
-            add nothing here.
+        lowpass_mode: "fft" adds the on-device FFT crop; "resize" adds the on-device
+            down-sampling only with `data_on_device` (otherwise Ray Data resizes); None adds
+            nothing.
+        data_on_device: The run keeps its data on the device (`data.mode: device`).
         replay_capacity_samples: Replay buffer size in samples; 0 disables replay.
         replay_dtype: "uint8" or "fp16".
         device: The worker's device.
@@ -291,8 +299,8 @@ def build_hooks(
     # (mixup/cutmix) after the low-pass crop and replay, so replayed samples get new partners;
     # the EMA's only point is after the optimizer step, so its place is free.
     hooks: list[Hook] = [worker_augment] if worker_augment is not None else []
-    if lowpass_mode == "fft":
-        hooks.append(LowPassCropHook())
+    if lowpass_mode == "fft" or (lowpass_mode == "resize" and data_on_device):
+        hooks.append(LowPassCropHook(lowpass_mode))
     if replay_capacity_samples > 0:
         dtype = {"uint8": torch.uint8, "fp16": torch.float16}[replay_dtype]
         hooks.append(
