@@ -1,8 +1,8 @@
 """EfficientTrain++ curriculum vs the plain baseline: wall time and full-resolution accuracy.
 
-Runs, in one process and on one Ray instance, `jobs/fashion-mnist-etpp.yaml` twice: once
-without its `curriculum` section (the baseline: `train.epochs` at full resolution) and once as
-written. Both use the same model, data, workers and evaluation; wall time is each run's
+Runs, in one process and on one Ray instance, `jobs/fashion-mnist-etpp.yaml` (or `--job`)
+twice: once without its `curriculum` section (the baseline: `train.epochs` at full resolution)
+and once as written. Both use the same model, data, workers and evaluation; wall time is each run's
 `summary.json` `wall_time_s` (datasets, every Ray Data epoch, training, evaluation,
 checkpoints, every method's own overhead), measured after Ray is up.
 
@@ -12,6 +12,8 @@ otherwise the bundled 4,000-image fixture.
 
     python benchmarks/etpp_vs_baseline.py            # full benchmark (10-20 min on 2 cores)
     python benchmarks/etpp_vs_baseline.py --smoke    # harness check on the fixture (~1-2 min)
+    python benchmarks/etpp_vs_baseline.py --job jobs/fashion-mnist-etpp-device.yaml
+        # the device-resident version against its 12-epoch baseline (about 22 min)
 
 Target (issue 3): >= 1.5x less wall time at equal accuracy (within 0.5 points).
 """
@@ -31,9 +33,9 @@ from common import REPO_ROOT, dataset_dir, job_on_data, run, start_ray
 JOB = REPO_ROOT / "jobs" / "fashion-mnist-etpp.yaml"
 
 
-def jobs(data: Path, storage: Path, smoke: bool) -> dict[str, dict]:
+def jobs(data: Path, storage: Path, smoke: bool, job: Path = JOB) -> dict[str, dict]:
     """The baseline and curriculum jobs as raw mappings (same everything but `curriculum`)."""
-    curriculum = job_on_data(JOB, data, storage)
+    curriculum = job_on_data(job, data, storage)
     if smoke:
         curriculum["train"].update(epochs=1)
         curriculum["train"]["schedule"]["warmup_epochs"] = 0.1
@@ -50,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny run on the fixture")
     parser.add_argument("--out", type=Path, default=None, help="run folders (default: temp)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--job",
+        type=Path,
+        default=JOB,
+        help=f"the curriculum job (default: {JOB.relative_to(REPO_ROOT)})",
+    )
     args = parser.parse_args(argv)
 
     data = dataset_dir(args.smoke)
@@ -57,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     start_ray()
     started_s = time.time()
     summaries = {
-        name: run(raw, source=str(JOB)) for name, raw in jobs(data, storage, args.smoke).items()
+        name: run(raw, source=str(args.job))
+        for name, raw in jobs(data, storage, args.smoke, args.job).items()
     }
     base, etpp = summaries["baseline"], summaries["et++"]
     results = {
         "data": str(data),
+        "job": str(args.job),
         "smoke": args.smoke,
         "runs": summaries,
         "wall_time_ratio": base["wall_time_s"] / etpp["wall_time_s"],
