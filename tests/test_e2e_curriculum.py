@@ -76,14 +76,11 @@ def test_curriculum_on_device_resident_data_down_samples_on_the_workers(ray_sess
         "resize",
         data={"mode": "device"},
         scaling={"resources_per_worker": {"CPU": 1}},
+        curriculum={"randaugment": False},  # RandAugment lives in the Ray Data pipeline
     )
-    job = yaml.safe_load(job_path.read_text())
-    job["curriculum"]["randaugment"] = False  # RandAugment lives in the Ray Data pipeline
-    job["run"]["name"] = "etpp-device"
-    job_path.write_text(yaml.safe_dump(job))
 
     assert main(["run", str(job_path)]) == 0
-    run_dir = tmp_path / "etpp-device"
+    run_dir = tmp_path / "etpp-resize"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [r["resolution_px"] for r in rows] == [14, 20, 28]

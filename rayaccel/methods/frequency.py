@@ -40,6 +40,15 @@ def _size_hw(size: int | tuple[int, int], height_px: int, width_px: int) -> tupl
     return size_hw
 
 
+def _float_batch_size_hw(x: Tensor, size: int | tuple[int, int]) -> tuple[int, int]:
+    """Checks that ``x`` is a float (N, C, H, W) batch; returns ``size`` as ``(size_h, size_w)``."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be shaped (N, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    return _size_hw(size, *x.shape[-2:])
+
+
 def _crop_spectrum(spectrum: Tensor, out_len: int, dim: int) -> Tensor:
     """Keeps the ``out_len`` lowest frequencies of an unshifted spectrum along ``dim``.
 
@@ -92,12 +101,8 @@ def lowpass_crop(x: Tensor, size: int | tuple[int, int]) -> Tensor:
         ValueError: If ``x`` is not 4-D or ``size`` is out of range.
         TypeError: If ``x`` is not floating point.
     """
-    if x.ndim != 4:
-        raise ValueError(f"x must be shaped (N, C, H, W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    size_h, size_w = _float_batch_size_hw(x, size)
     height_px, width_px = x.shape[-2:]
-    size_h, size_w = _size_hw(size, height_px, width_px)
     if (size_h, size_w) == (height_px, width_px):
         return x
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -165,11 +170,7 @@ def resize_antialias_tensor(x: Tensor, size: int | tuple[int, int]) -> Tensor:
     Returns:
         Tensor shaped ``(N, C, size_h, size_w)``; ``x`` itself when the size is unchanged.
     """
-    if x.ndim != 4:
-        raise ValueError(f"x must be shaped (N, C, H, W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    size_hw = _size_hw(size, *x.shape[-2:])
+    size_hw = _float_batch_size_hw(x, size)
     if size_hw == tuple(x.shape[-2:]):
         return x
     with torch.autocast(device_type=x.device.type, enabled=False):
