@@ -13,8 +13,9 @@ Where each piece runs and why:
   workers' shards are disjoint and together hold the epoch's keep set.
 - `InfoBatchHook` runs in every training worker: rank 0 plans the epoch before anyone reads
   (a barrier follows), the loss is weighted by the row's `loss_weight` column, and every worker
-  sends its (int64 index, float32 loss) pairs to the actor at the epoch's end, before the
-  epoch's report barrier, so the next epoch is planned from all of them.
+  sends its (int64 index, float32 loss) pairs to the actor at the epoch's end and waits at a
+  barrier for the others, so both the checkpoint rank 0 then saves and the next epoch's plan
+  hold all of them.
 
 The actor's state (scores, seed, counters) travels in every checkpoint through the hook's
 `state_dict`; each epoch's random draws are a function of (seed, epoch, scores), so a resumed
@@ -167,6 +168,11 @@ class InfoBatchHook(Hook):
             indices = torch.cat(self.indices).cpu().numpy()
             losses = torch.cat(self.losses).cpu().numpy()
             ray.get(self.board.update.remote(indices, losses))
+        # Every worker's scores must be on the board before any rank goes on: rank 0 saves the
+        # board into this epoch's checkpoint right after this hook, before the report barrier,
+        # and a resumed run must plan its next epoch from the same scores as this run does.
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
         self.indices, self.losses = [], []
         self.update_s += time.perf_counter() - started_s
         if self.rank != 0:
