@@ -13,7 +13,7 @@ otherwise the bundled 4,000-image fixture.
     python benchmarks/etpp_vs_baseline.py            # full benchmark (10-20 min on 2 cores)
     python benchmarks/etpp_vs_baseline.py --smoke    # harness check on the fixture (~1-2 min)
     python benchmarks/etpp_vs_baseline.py --job jobs/fashion-mnist-etpp-device.yaml
-        # the device-resident version against its 12-epoch baseline (about 22 min)
+        # the device-resident version against its 24-epoch baseline (about 40 min)
 
 Target (issue 3): >= 1.5x less wall time at equal accuracy (within 0.5 points).
 """

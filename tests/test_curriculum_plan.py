@@ -250,8 +250,8 @@ def test_piecewise_schedules_are_refused_with_a_curriculum():
         ("imagenet-resnet50-etpp.yaml", 200 / 300),
         ("imagenet-deit-s-etpp.yaml", 200 / 300),
         ("fashion-mnist-etpp.yaml", None),
-        # whole epochs: 2 x 4 at 14 px (2x replay), 3 at 20 px, 3 at 28 px
-        ("fashion-mnist-etpp-device.yaml", (2 + 3 * (20 / 28) ** 2 + 3) / 12),
+        # whole epochs: 2 x 7 at 14 px (2x replay), 7 at 20 px, 7 at 28 px
+        ("fashion-mnist-etpp-device.yaml", (3.5 + 7 * (20 / 28) ** 2 + 7) / 24),
         ("quickstart-etpp.yaml", None),
     ],
 )
