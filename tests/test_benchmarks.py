@@ -52,13 +52,13 @@ def test_etpp_vs_baseline_over_seeds_averages_times_and_gaps():
 
     pairs = [
         bench.pair_result(0, {"baseline": summary(300, 0.90, 1), "et++": summary(100, 0.89, 0.5)}),
-        bench.pair_result(1, {"baseline": summary(100, 0.92, 1), "et++": summary(100, 0.92, 0.5)}),
+        bench.pair_result(1, {"baseline": summary(100, 0.92, 1), "et++": summary(50, 0.92, 0.5)}),
     ]
     assert pairs[0]["wall_time_ratio"] == pytest.approx(3.0)
     assert pairs[0]["accuracy_delta_points"] == pytest.approx(-1.0)
     mean = bench.over_seeds(pairs)
-    # Total times (400 s / 200 s), not the mean of the ratios 3 and 1.
-    assert mean["wall_time_ratio"] == pytest.approx(2.0)
+    # Total times (400 s / 150 s), not the mean 2.5 of the ratios 3 and 2.
+    assert mean["wall_time_ratio"] == pytest.approx(400 / 150)
     assert mean["accuracy_delta_points"] == pytest.approx(-0.5)
     assert mean["accuracy_delta_sd_points"] == pytest.approx(2**0.5 / 2)
     assert mean["runs"]["et++"]["final_val_acc"] == pytest.approx(0.905)
