@@ -33,6 +33,8 @@ from pathlib import Path
 
 from common import REPO_ROOT, dataset_dir, job_on_data, run, start_ray
 
+from rayaccel.config import TrainConfig
+
 JOB = REPO_ROOT / "jobs" / "fashion-mnist-etpp.yaml"
 
 
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 raw["train"]["seed"] = seed
                 raw["run"]["name"] += f"-seed{seed}"
         summaries = {name: run(raw, source=str(args.job)) for name, raw in raws.items()}
-        pairs.append(pair_result(raws["baseline"]["train"].get("seed", 0), summaries))
+        job_seed = raws["baseline"]["train"].get("seed", TrainConfig.model_fields["seed"].default)
+        pairs.append(pair_result(job_seed, summaries))
         if len(args.seeds or []) > 1:
             print(format_table({"data": str(data), **pairs[-1]}), flush=True)
     results = {
