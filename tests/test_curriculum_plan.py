@@ -250,8 +250,8 @@ def test_piecewise_schedules_are_refused_with_a_curriculum():
         ("imagenet-resnet50-etpp.yaml", 200 / 300),
         ("imagenet-deit-s-etpp.yaml", 200 / 300),
         ("fashion-mnist-etpp.yaml", None),
-        # whole epochs: 2 x 7 at 14 px (2x replay), 7 at 20 px, 7 at 28 px
-        ("fashion-mnist-etpp-device.yaml", (3.5 + 7 * (20 / 28) ** 2 + 7) / 24),
+        # whole epochs: 10 at 24 px, 7 at 28 px
+        ("fashion-mnist-etpp-device.yaml", (10 * (24 / 28) ** 2 + 7) / 24),
         ("quickstart-etpp.yaml", None),
     ],
 )
