@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
 
-    from rayaccel.train.runner import RunFolder
+    from rayaccel.core.storage import RunFolder
 
     data = dataset_dir(args.smoke or args.fixture)
     kind = "smoke" if args.smoke else ("fixture" if data == FIXTURE else "full")

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from rayaccel.config import read_yaml
-    from rayaccel.train.runner import RunFolder
+    from rayaccel.core.storage import RunFolder
 
     variants = (args.variants or ("linear,agvm" if args.smoke else ",".join(VARIANTS))).split(",")
     unknown = sorted(set(variants) - set(VARIANTS))

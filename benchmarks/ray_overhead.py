@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     plain_s, plain_cpu_s = plain_epochs(job, images, labels)
     start_ray()
     summary = run(raw, source=str(JOB))
-    from rayaccel.train.runner import RunFolder
+    from rayaccel.core.storage import RunFolder
 
     rows = RunFolder(summary["run_folder"]).read_metrics()
     results = {

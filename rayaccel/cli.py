@@ -201,8 +201,8 @@ def _submit(args) -> int:
 def _report(args) -> int:
     import os
 
+    from rayaccel.core.storage import RunFolder
     from rayaccel.report import ReportError, load_run, write_report
-    from rayaccel.train.runner import RunFolder
 
     try:
         records = [load_run(location) for location in args.runs]

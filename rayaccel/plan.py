@@ -36,9 +36,10 @@ from rayaccel.config import (
     ProgressiveCurriculum,
     progressive_settings,
 )
+from rayaccel.core.compute import pixel_compute
+from rayaccel.core.schedules import lr_multiplier
 from rayaccel.methods import curriculum as etpp
 from rayaccel.methods.infobatch import first_full_epoch
-from rayaccel.train.schedules import lr_multiplier
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,9 @@ class StagePlan:
     @property
     def compute_px_images(self) -> int:
         """Pixels times trained images of the whole stage (the compute model)."""
-        return self.num_epochs * self.steps_per_epoch * self.global_batch * self.resolution_px**2
+        return pixel_compute(
+            self.num_epochs * self.steps_per_epoch * self.global_batch, self.resolution_px
+        )
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ class Plan:
         """Actual training compute relative to the baseline job (all epochs at full size)."""
         baseline = self.baseline_epochs * self.baseline_images_per_epoch
         spent = sum(s.compute_px_images for s in self.stages)
-        return spent / max(baseline * self.full_resolution_px**2, 1)
+        return spent / max(pixel_compute(baseline, self.full_resolution_px), 1)
 
     def planned_compute_relative_to_baseline(self) -> float:
         """The curriculum's compute before epochs were rounded to whole numbers."""
@@ -190,8 +193,8 @@ class Plan:
 
     def compute_relative_to_full(self) -> float:
         """Training compute (images x pixels) relative to all epochs at full resolution."""
-        full = self.full_resolution_px**2 * self.total_epochs
-        spent = sum(s.num_epochs * s.resolution_px**2 for s in self.stages)
+        full = pixel_compute(self.total_epochs, self.full_resolution_px)
+        spent = sum(pixel_compute(s.num_epochs, s.resolution_px) for s in self.stages)
         return spent / full
 
     def epoch_rows(self) -> list[dict]:
@@ -469,7 +472,7 @@ def _progressive_plan(job: JobConfig, train_samples: int, *, steps_per_epoch: in
     batch = job.train.global_batch_size
     settings = progressive_settings(job.curriculum)
     stages = progressive_stages(**settings, total_epochs=job.train.epochs)
-    total = sum(s.epochs * s.size_px**2 for s in stages)
+    total = sum(pixel_compute(s.epochs, s.size_px) for s in stages)
     planned = tuple(
         StagePlan(
             index=s.index,
@@ -482,7 +485,7 @@ def _progressive_plan(job: JobConfig, train_samples: int, *, steps_per_epoch: in
             peak_lr=job.peak_lr,
             randaug_magnitude=min(s.randaug_magnitude, 10.0),
             planned_data_epochs=float(s.epochs),
-            compute_share=s.epochs * s.size_px**2 / total,
+            compute_share=pixel_compute(s.epochs, s.size_px) / total,
             dataset=f"train_s{s.index}",
             mixup_alpha=s.mixup_alpha,
             cutmix_alpha=s.cutmix_alpha,

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 from matplotlib.figure import Figure
 
+from rayaccel.core.compute import pixel_compute
+from rayaccel.core.storage import RunFolder
 from rayaccel.plan import Plan
 
 PLOT_FILES = ("plot_accuracy.png", "plot_plan.png", "plot_throughput.png")
@@ -57,7 +59,7 @@ def full_epoch_compute_px_images(plan: Plan) -> int:
     """
     last = plan.stages[-1]
     images = plan.baseline_images_per_epoch or last.steps_per_epoch * last.global_batch
-    return images * plan.full_resolution_px**2
+    return pixel_compute(images, plan.full_resolution_px)
 
 
 def compute_px_images(rows: list[dict]) -> list[int]:
@@ -65,7 +67,7 @@ def compute_px_images(rows: list[dict]) -> list[int]:
     total = 0
     cumulative = []
     for row in rows:
-        total += row["train_images"] * row["resolution_px"] ** 2
+        total += pixel_compute(row["train_images"], row["resolution_px"])
         cumulative.append(total)
     return cumulative
 
@@ -257,8 +259,6 @@ def load_run(location: str, *, label: str | None = None) -> RunRecord:
     Raises:
         ReportError: if the folder has no plan or no finished epoch yet.
     """
-    from rayaccel.train.runner import RunFolder
-
     folder = RunFolder(location.rstrip("/"))
     plan_text = folder.read_text("plan.json")
     if plan_text is None:

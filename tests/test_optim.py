@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from rayaccel.core.schedules import lr_multiplier, piecewise_linear, warmup_cosine
 from rayaccel.models import ResNet9
 from rayaccel.train.optim import build_optimizer, param_groups, set_lr
-from rayaccel.train.schedules import lr_multiplier, piecewise_linear, warmup_cosine
 
 
 def _tiny_net() -> nn.Module:

@@ -268,7 +268,8 @@ def test_cli_report_of_a_folder_that_is_not_a_run_exits_2_with_a_clear_error(tmp
 
 
 def test_run_folder_gets_its_plots_and_a_failure_only_warns(tmp_path, capsys):
-    from rayaccel.train.runner import RunFolder, _write_plots
+    from rayaccel.core.storage import RunFolder
+    from rayaccel.train.runner import _write_plots
 
     _write_run(tmp_path / "done", _baseline())
     _write_plots(RunFolder(str(tmp_path / "done")))

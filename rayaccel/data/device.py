@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from rayaccel.core.seeds import epoch_seed
 from rayaccel.data.metadata import ShardSetMeta
 from rayaccel.data.pipeline import DecodeSpec, decode_batch, shard_paths
 
@@ -118,7 +119,9 @@ class DeviceDataset:
         if self.shuffle_seed is None:
             order = None
         else:
-            generator = torch.Generator().manual_seed(self.shuffle_seed * 100_003 + self.executions)
+            generator = torch.Generator().manual_seed(
+                epoch_seed(self.shuffle_seed, self.executions)
+            )
             order = torch.randperm(count, generator=generator).to(self.device)
         self.executions += 1
         stop = count - count % batch_size if drop_last else count

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.fs as pafs
 
+from rayaccel.core.storage import resolve_path
+
 METADATA_FILE = "metadata.json"
 _ENCODINGS = ("png", "jpeg")
 TASKS = ("classification", "segmentation")
@@ -146,14 +148,6 @@ class ShardSetMeta:
 
 def _freeze(meta: ShardSetMeta, field: str, value) -> None:
     object.__setattr__(meta, field, value)  # the documented way to normalise a frozen dataclass
-
-
-def resolve_path(dir_or_uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """Filesystem and path for a local path (relative is fine) or a URI such as ``s3://b/x``."""
-    location = os.fspath(dir_or_uri)
-    if "://" in location:
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), os.path.abspath(location)
 
 
 def write_meta(meta: ShardSetMeta, dir_or_uri: str | os.PathLike) -> None:

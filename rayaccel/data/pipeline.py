@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.fs as pafs
 
+from rayaccel.core.storage import resolve_path
 from rayaccel.data.codec import decode_image
-from rayaccel.data.metadata import TASKS, ShardSetMeta, resolve_path
+from rayaccel.data.metadata import TASKS, ShardSetMeta
 from rayaccel.data.randaugment import rand_augment
 from rayaccel.methods.frequency import resize_antialias
 

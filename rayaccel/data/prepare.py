@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from rayaccel.core.storage import resolve_path
 from rayaccel.data import formats
 from rayaccel.data.codec import ENCODINGS, decode_image, encode_image
 from rayaccel.data.metadata import (
@@ -38,7 +39,6 @@ from rayaccel.data.metadata import (
     ShardInfo,
     ShardSetMeta,
     read_meta,
-    resolve_path,
     write_meta,
 )
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rayaccel.core.seeds import epoch_seed
 from rayaccel.methods.frequency import downsample
 from rayaccel.methods.replay import ReplayBuffer
 
@@ -176,7 +177,7 @@ class ReplayHook(Hook):
         return {"replay/buffer_samples": len(self.buffer) if self.buffer is not None else 0}
 
     def _epoch_seed(self) -> int:
-        return self.seed * 100_003 + self.epoch
+        return epoch_seed(self.seed, self.epoch)
 
     def _mix(self, batch: StepBatch) -> StepBatch:
         if self.replay_factor == 1 or batch.labels.numel() == 0:

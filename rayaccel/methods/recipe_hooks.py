@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rayaccel.core.seeds import epoch_seed
 from rayaccel.methods.ema import ModelEma
 from rayaccel.methods.flip import alternating_flip_mask
 from rayaccel.methods.gpu_augment import cutout, random_crop_from_padding, random_flip
@@ -89,7 +90,7 @@ class WorkerAugmentHook(Hook):
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
-        self.generator.manual_seed(self.seed * 100_003 + epoch)
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))
 
     def on_batch(self, batch: StepBatch) -> StepBatch:
         images = batch.images

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 
+from rayaccel.core.distributed import all_reduce_sum
+from rayaccel.core.seeds import worker_seed
 from rayaccel.methods.frequency import downsample
 from rayaccel.methods.hooks import StepBatch, build_hooks
 from rayaccel.methods.tta import predict_with_tta
@@ -167,7 +168,7 @@ def train_loop_per_worker(config: dict) -> dict:
         replay_capacity_samples=settings.replay_capacity_samples,
         replay_dtype=settings.replay_dtype,
         device=device,
-        seed=settings.seed * 1000 + rank,
+        seed=worker_seed(settings.seed, rank),
         infobatch_board=infobatch_board,
         rank=rank,
         **recipe.recipe_hooks(
@@ -303,8 +304,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 )
             progress.step(epoch, step, loss, images_in_step=stage.global_batch, steps=steps)
             waiting_since_s = time.perf_counter()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(sums)
+        all_reduce_sum(sums)
         epoch_time_s = time.perf_counter() - started_s
         # CPU seconds of this worker's process (its threads, including Ray Data's batch
         # prefetching): well below epoch_time_s minus data_wait_s means the worker was waiting

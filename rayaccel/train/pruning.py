@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from rayaccel.core.distributed import barrier
 from rayaccel.methods.hooks import Hook, StepBatch
 from rayaccel.methods.infobatch import EpochSelection, InfoBatchScoreBoard, weight_losses
 
@@ -139,8 +139,7 @@ class InfoBatchHook(Hook):
             self.bookkeeping_before_s = ray.get(self.board.bookkeeping_seconds.remote())
             ray.get(self.board.plan_epoch.remote(epoch))
         # Nobody may start reading the epoch before its keep set is published.
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
+        barrier()
         epoch_planned, self.summary, _ = ray.get(self.board.current.remote())
         if epoch_planned != epoch:
             raise RuntimeError(
@@ -171,8 +170,7 @@ class InfoBatchHook(Hook):
         # Every worker's scores must be on the board before any rank goes on: rank 0 saves the
         # board into this epoch's checkpoint right after this hook, before the report barrier,
         # and a resumed run must plan its next epoch from the same scores as this run does.
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
+        barrier()
         self.indices, self.losses = [], []
         self.update_s += time.perf_counter() - started_s
         if self.rank != 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rayaccel.core.seeds import worker_seed
 from rayaccel.data.device import DeviceDataset, load_device_dataset, load_rows
 from rayaccel.data.metadata import read_meta
 from rayaccel.data.pipeline import DecodeSpec
@@ -45,7 +46,7 @@ def load_device_data(
             world_size=world_size,
             device=device,
             train=True,
-            shuffle_seed=seed * 1000 + rank,
+            shuffle_seed=worker_seed(seed, rank),
         )
     }
     if source.get("val") is not None:
@@ -151,15 +152,15 @@ def recipe_hooks(
         seed: The run's seed; per-worker seeds are derived from it and `rank`.
     """
     bare = unwrap(model)
-    worker_seed = seed * 1000 + rank
+    per_worker_seed = worker_seed(seed, rank)
     return {
         "worker_augment": (
-            WorkerAugmentHook(**worker_augment, seed=worker_seed, flip_seed=seed, device=device)
+            WorkerAugmentHook(**worker_augment, seed=per_worker_seed, flip_seed=seed, device=device)
             if worker_augment is not None
             else None
         ),
         "regularisation": (
-            RegularisationHook(bare, num_classes=num_classes, seed=worker_seed)
+            RegularisationHook(bare, num_classes=num_classes, seed=per_worker_seed)
             if progressive
             else None
         ),

@@ -19,12 +19,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass
 
-import pyarrow.fs as pafs
 import ray
 import ray.data
 import ray.train
@@ -32,9 +29,12 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from rayaccel.config import JobConfig, ResNet9Model, dump_job
-from rayaccel.data.metadata import read_meta, resolve_path
+from rayaccel.core.compute import pixel_compute
+from rayaccel.core.storage import RunFolder, absolute_location
+from rayaccel.data.metadata import read_meta
 from rayaccel.data.pipeline import BAD_ROW_MARK, DecodeSpec, build_dataset
 from rayaccel.plan import Plan, make_plan
+from rayaccel.report import compute_px_images, load_run, write_report
 from rayaccel.train.loop import LoopSettings, train_loop_per_worker
 
 
@@ -42,42 +42,8 @@ class RunFailed(RuntimeError):
     """Training stopped; the message is the root cause, readable without a traceback."""
 
 
-@dataclass(frozen=True)
-class RunFolder:
-    """Where a run writes; a local folder or a URI, always through pyarrow filesystems."""
-
-    location: str
-
-    def _resolved(self, name: str) -> tuple[pafs.FileSystem, str]:
-        fs, root = resolve_path(self.location)
-        return fs, f"{root}/{name}"
-
-    def write_text(self, name: str, text: str) -> None:
-        self.write_bytes(name, text.encode())
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        fs, path = self._resolved(name)
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(path) as stream:
-            stream.write(data)
-
-    def read_text(self, name: str) -> str | None:
-        fs, path = self._resolved(name)
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with fs.open_input_stream(path) as stream:
-            return stream.read().decode()
-
-    def read_metrics(self) -> list[dict]:
-        text = self.read_text("metrics.jsonl") or ""
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def run_folder_of(job: JobConfig) -> RunFolder:
-    storage = job.run.storage_path
-    if "://" not in storage:
-        storage = os.path.abspath(storage)
-    return RunFolder(f"{storage.rstrip('/')}/{job.run.name}")
+    return RunFolder.of(job.run.storage_path, job.run.name)
 
 
 class MetricsLog(ray.train.UserCallback):
@@ -228,8 +194,8 @@ def recipe_settings(job: JobConfig, plan: Plan) -> dict:
         "data_mode": data.mode,
         "data_source": {
             # Workers run in another folder: local paths are made absolute.
-            "train": _absolute(data.train),
-            "val": _absolute(data.val) if data.val is not None else None,
+            "train": absolute_location(data.train),
+            "val": absolute_location(data.val) if data.val is not None else None,
             "spec": {
                 "image_size_px": data.image_size_px,
                 "channels": data.channels,
@@ -258,10 +224,6 @@ def recipe_settings(job: JobConfig, plan: Plan) -> dict:
         "tta": dumped(tricks.tta),
         "worker_augment": worker_augment,
     }
-
-
-def _absolute(location: str) -> str:
-    return location if "://" in location else os.path.abspath(location)
 
 
 def _progressive_model_kwargs(plan: Plan) -> dict:
@@ -348,8 +310,6 @@ def run_job(
 
 def _write_plots(folder: RunFolder) -> None:
     """The report's plots in the run folder; a finished run never fails because of them."""
-    from rayaccel.report import load_run, write_report
-
     try:
         write_report([load_run(folder.location)], folder.write_bytes, table=False)
     except Exception as err:  # plots are a convenience; the run is done and saved
@@ -498,11 +458,11 @@ def summarize(folder: RunFolder, plan: Plan, *, wall_time_s: float) -> dict:
         summary["infobatch_bookkeeping_s"] = sum(r["infobatch/bookkeeping_s"] for r in rows)
     if rows and plan.baseline_epochs:
         # Measured compute (images trained x pixels): pruning makes it less than planned.
-        spent = sum(r["train_images"] * r["resolution_px"] ** 2 for r in rows)
-        baseline = plan.baseline_epochs * plan.baseline_images_per_epoch
-        summary["compute_vs_baseline_measured"] = spent / max(
-            baseline * plan.full_resolution_px**2, 1
+        spent = compute_px_images(rows)[-1]
+        baseline = pixel_compute(
+            plan.baseline_epochs * plan.baseline_images_per_epoch, plan.full_resolution_px
         )
+        summary["compute_vs_baseline_measured"] = spent / max(baseline, 1)
     return summary
 
 

@@ -10,10 +10,10 @@ pixel accuracy as `acc` (so reports, searches and benchmarks read one field) and
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from rayaccel.core.distributed import all_reduce_sum
 from rayaccel.train.segmentation import (
     IGNORE_INDEX,
     confusion_matrix,
@@ -21,12 +21,6 @@ from rayaccel.train.segmentation import (
     per_sample_pixel_losses,
     pixel_accuracy,
 )
-
-
-def _all_reduce(tensor: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor
 
 
 class ClassificationTask:
@@ -60,7 +54,7 @@ class ClassificationTask:
         sums[2] += labels.numel()
 
     def eval_result(self, sums: Tensor) -> dict:
-        loss_sum, correct, count = _all_reduce(sums).tolist()
+        loss_sum, correct, count = all_reduce_sum(sums).tolist()
         return {
             "loss": loss_sum / max(count, 1),
             "acc": correct / max(count, 1),
@@ -97,7 +91,7 @@ class SegmentationTask:
         sums[2:] += confusion_matrix(logits, labels, self.num_classes).flatten().double()
 
     def eval_result(self, sums: Tensor) -> dict:
-        sums = _all_reduce(sums)
+        sums = all_reduce_sum(sums)
         confusion = sums[2:].view(self.num_classes, self.num_classes).round().long().cpu()
         miou, _ = mean_iou(confusion)
         count = int(sums[1].item())

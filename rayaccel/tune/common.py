@@ -19,6 +19,7 @@ from ray import tune
 
 from rayaccel.config import ConfigError, JobConfig, parse_job, read_yaml
 from rayaccel.config import resolve_data as resolve_job_data
+from rayaccel.core.storage import absolute_location
 from rayaccel.train.runner import free_placement_group
 from rayaccel.tune.spec import TrialResources
 
@@ -52,12 +53,6 @@ def nested(dotted_values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _absolute(location: str | None) -> str | None:
-    if location is None or "://" in location:
-        return location
-    return os.path.abspath(location)
-
-
 def base_job_raw(
     job_path: str, job_overrides: dict[str, Any], trial: TrialResources, source: str
 ) -> dict[str, Any]:
@@ -84,7 +79,10 @@ def base_job_raw(
             ]
         )
     data = job.data.model_copy(
-        update={"train": _absolute(job.data.train), "val": _absolute(job.data.val)}
+        update={
+            "train": absolute_location(job.data.train),
+            "val": absolute_location(job.data.val) if job.data.val is not None else None,
+        }
     )
     job = job.model_copy(update={"data": data})
     return job.model_dump(mode="json")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rayaccel.config import ConfigError, CustomCurriculum
+from rayaccel.core.compute import pixel_compute
 from rayaccel.data.metadata import read_meta
 from rayaccel.methods.curriculum import etpp_magnitudes, etpp_replay_factors
 from rayaccel.plan import Plan, PlanError, make_plan
@@ -99,7 +100,7 @@ def stage_magnitudes(base: dict[str, Any], num_stages: int) -> list[float]:
 def stage_cost_epochs(plan: Plan, stage_index: int) -> float:
     """Compute of one stage in equivalent full-resolution epochs of the baseline job."""
     stage = plan.stages[stage_index]
-    per_epoch = plan.baseline_images_per_epoch * plan.full_resolution_px**2
+    per_epoch = pixel_compute(plan.baseline_images_per_epoch, plan.full_resolution_px)
     return stage.compute_px_images / per_epoch
 
 
@@ -137,7 +138,7 @@ def restart_checkpoint(source: str, destination: str) -> str:
     """
     import torch
 
-    from rayaccel.data.metadata import resolve_path
+    from rayaccel.core.storage import resolve_path
     from rayaccel.train.checkpoint import STATE_FILE, TrainState
 
     fs, root = resolve_path(source)
