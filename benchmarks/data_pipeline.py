@@ -147,7 +147,8 @@ def measure_replay(job, stage) -> dict:
     """
     import torch
 
-    from rayaccel.methods.hooks import ReplayHook, StepBatch
+    from rayaccel.methods.base import StepBatch
+    from rayaccel.methods.etpp.replay import ReplayHook
 
     spec = train_spec(job, output_size_px=stage.resolution_px)
     hook = ReplayHook(

@@ -92,8 +92,9 @@ def plain_epochs(job, images, labels) -> tuple[list[float], list[float]]:
     import torch.nn.functional as F
 
     from rayaccel.models import build_model
+    from rayaccel.optim.build import build_optimizer
+    from rayaccel.optim.registry import OptimizerHyperparameters
     from rayaccel.train.loop import in_memory_format
-    from rayaccel.train.optim import build_optimizer
     from rayaccel.train.runner import build_run
 
     plan, settings = build_run(job)
@@ -107,7 +108,7 @@ def plain_epochs(job, images, labels) -> tuple[list[float], list[float]]:
     )
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, **settings.optimizer)
+    optimizer = build_optimizer(model, OptimizerHyperparameters(**settings.optimizer))
     mean = torch.tensor(settings.mean).view(1, -1, 1, 1) * 255
     std = torch.tensor(settings.std).view(1, -1, 1, 1) * 255
     order = torch.Generator().manual_seed(settings.seed)

@@ -8,6 +8,7 @@ no component ever reads the job. Every problem is reported as one line naming it
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from pathlib import Path
@@ -24,6 +25,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from rayaccel.data.metadata import read_meta
+from rayaccel.methods.agvm.patterns import check_patterns
+from rayaccel.methods.etpp.curriculum import etpp_replay_factors, etpp_resolutions
+from rayaccel.methods.progressive.stages import efficientnetv2_preset
+from rayaccel.optim.lr_scaling import linear_warmup_epochs_for, rule_exponent, scale_lr
+from rayaccel.optim.registry import OPTIMIZER_NAMES
 
 
 class ConfigError(ValueError):
@@ -137,7 +145,7 @@ class OptimizerConfig(_Strict):
     """SGD with Nesterov momentum, AdamW, LARS or LAMB; norms and biases never get weight
     decay (nor, with LARS and LAMB, a trust ratio)."""
 
-    name: Literal["sgd", "adamw", "lars", "lamb"] = "sgd"
+    name: Literal[OPTIMIZER_NAMES] = "sgd"
     lr: float = Field(gt=0, le=100)
     # SGD and LARS.
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -165,7 +173,7 @@ class LrScalingSection(_Strict):
     LARS/LAMB runs tuned at their batch), capped at `lr_max`. With an EfficientTrain++
     curriculum the same exponent and cap give each Early-Large-Batch stage its rate.
     `scale_warmup` lengthens `train.schedule.warmup_epochs` by one warmup per doubling of the
-    batch beyond the base (`rayaccel.methods.lr_scaling.linear_warmup_epochs_for`).
+    batch beyond the base (`rayaccel.optim.lr_scaling.linear_warmup_epochs_for`).
     """
 
     rule: Literal["linear", "sqrt", "fitted", "none"]
@@ -184,8 +192,6 @@ class LrScalingSection(_Strict):
 
     @property
     def exponent(self) -> float:
-        from rayaccel.methods.lr_scaling import rule_exponent
-
         return rule_exponent(self.rule, self.alpha)
 
 
@@ -448,7 +454,7 @@ class ProgressiveCurriculum(_Strict):
     `S_i = S_0 + (S_e - S_0) * i / (M - 1)` px (a real resize in Ray Data) with every
     regularisation strength moved from its start to its end value the same way. Each pair is
     `[start, end]`. `release` takes the ImageNet settings of EfficientNetV2-S/M/L
-    (`rayaccel.methods.progressive.EFFICIENTNETV2_PRESETS`) and any pair given here overrides
+    (`rayaccel.methods.progressive.stages.EFFICIENTNETV2_PRESETS`) and any pair given here overrides
     its value; without a release `size_px` is required and the strengths default to 0.
     Evaluation runs at the final stage's size. Dropout and drop path are set on timm models'
     attributes at every stage start; mixup and cutmix run on the worker.
@@ -508,8 +514,6 @@ class ProgressiveCurriculum(_Strict):
 
 def progressive_settings(curriculum: ProgressiveCurriculum) -> dict[str, Any]:
     """Keyword arguments of `progressive_stages` (all but `total_epochs`) for a curriculum."""
-    from rayaccel.methods.progressive import efficientnetv2_preset
-
     if curriculum.release is not None:
         settings = efficientnetv2_preset(curriculum.release)
     else:
@@ -606,8 +610,6 @@ def curriculum_problems(job: JobConfig) -> list[str]:
     Needs `data.image_size_px`; it is called again after the size was read from the dataset
     metadata when the job left it out.
     """
-    from rayaccel.methods.curriculum import etpp_replay_factors, etpp_resolutions
-
     curriculum = job.curriculum
     full_px = job.data.image_size_px
     if curriculum is None or full_px is None:
@@ -729,8 +731,6 @@ class AgvmSection(_Strict):
     @classmethod
     def _patterns(cls, components: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
         if components is not None:
-            from rayaccel.methods.agvm import check_patterns
-
             check_patterns(components)
         return components
 
@@ -969,8 +969,6 @@ class JobConfig(_Strict):
     @property
     def peak_lr(self) -> float:
         """The learning rate at train.global_batch_size (train.lr_scaling applied)."""
-        from rayaccel.methods.lr_scaling import scale_lr
-
         scaling = self.train.lr_scaling
         if scaling is None:
             return self.train.optimizer.lr
@@ -991,8 +989,6 @@ class JobConfig(_Strict):
         scaling = self.train.lr_scaling
         if scaling is None or not scaling.scale_warmup:
             return warmup
-        from rayaccel.methods.lr_scaling import linear_warmup_epochs_for
-
         batch = self.train.global_batch_size
         return linear_warmup_epochs_for(max(batch, scaling.base_batch), scaling.base_batch, warmup)
 
@@ -1076,12 +1072,10 @@ def load_job(
             and fill image size, channels, classes and mean/std from it where the job left
             them out.
         curriculum_file: A `curriculum:` file written by `rayaccel tune`, applied before the
-            overrides (see `rayaccel.tune.include.merge_curriculum`).
+            overrides (see `merge_curriculum`).
     """
     raw = read_yaml(path)
     if curriculum_file is not None:
-        from rayaccel.tune.include import load_curriculum_file, merge_curriculum
-
         raw = merge_curriculum(raw, load_curriculum_file(curriculum_file))
     raw = apply_overrides(raw, list(overrides))
     job = parse_job(raw, source=str(path))
@@ -1090,10 +1084,34 @@ def load_job(
     return job
 
 
+def load_curriculum_file(path: str | Path) -> dict[str, Any]:
+    """The `curriculum` mapping of a file written by a search (or by hand)."""
+    raw = read_yaml(path)
+    section = raw.get("curriculum")
+    if set(raw) != {"curriculum"} or not isinstance(section, dict):
+        raise ConfigError(
+            [f"{path}: must hold one `curriculum:` mapping (as written by `rayaccel tune`)"]
+        )
+    return section
+
+
+def merge_curriculum(raw_job: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:
+    """The job with a curriculum file applied.
+
+    A file that names its `preset` brings a whole curriculum and replaces the job's; a file
+    without one (an LR rule: `lr_alpha`, `lr_max`) changes only those keys of the job's.
+    """
+    raw_job = copy.deepcopy(raw_job)
+    current = raw_job.get("curriculum")
+    if "preset" in section or not isinstance(current, dict):
+        raw_job["curriculum"] = copy.deepcopy(section)
+    else:
+        raw_job["curriculum"] = {**current, **copy.deepcopy(section)}
+    return raw_job
+
+
 def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
     """Checks the data folders and fills data fields the job left to the dataset metadata."""
-    from rayaccel.data.metadata import read_meta
-
     problems = []
     metas = {}
     for split in ("train", "val"):

@@ -38,8 +38,9 @@ from rayaccel.config import (
 )
 from rayaccel.core.compute import pixel_compute
 from rayaccel.core.schedules import lr_multiplier
-from rayaccel.methods import curriculum as etpp
-from rayaccel.methods.infobatch import first_full_epoch
+from rayaccel.methods.etpp import curriculum as etpp
+from rayaccel.methods.infobatch.scores import first_full_epoch
+from rayaccel.methods.progressive.stages import progressive_stages
 
 
 @dataclass(frozen=True)
@@ -466,8 +467,6 @@ def _progressive_plan(job: JobConfig, train_samples: int, *, steps_per_epoch: in
     stage's size, which is the plan's full resolution. RandAugment magnitudes above timm's
     maximum of 10 (the M and L releases' 15 and 20) are clipped to 10.
     """
-    from rayaccel.methods.progressive import progressive_stages
-
     workers = job.scaling.max_workers
     batch = job.train.global_batch_size
     settings = progressive_settings(job.curriculum)

@@ -13,20 +13,19 @@ import torch.multiprocessing as torch_mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rayaccel.methods.agvm import (
-    DEFAULT_CLASSIFIER_PATTERNS,
+from rayaccel.methods.agvm.multipliers import (
     AGVMState,
     adam_precondition,
     apply_multipliers,
-    component_of,
     component_param_groups,
     gradient_cosine_distance,
     group_parameters,
     half_batch_gradients,
 )
-from rayaccel.methods.lamb import LAMB
+from rayaccel.methods.agvm.patterns import DEFAULT_CLASSIFIER_PATTERNS, component_of
 from rayaccel.models import ResNet9
-from rayaccel.train.optim import param_groups
+from rayaccel.optim.build import param_groups
+from rayaccel.optim.lamb import LAMB
 
 # --- components --------------------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from rayaccel.methods.agvm import DEFAULT_CLASSIFIER_PATTERNS
-from rayaccel.methods.hooks import StepBatch
+from rayaccel.methods.agvm.hook import AgvmHook
+from rayaccel.methods.agvm.patterns import DEFAULT_CLASSIFIER_PATTERNS
+from rayaccel.methods.base import StepBatch
 from rayaccel.train import recipe
-from rayaccel.train.agvm_hook import AgvmHook
 
 
 class _Net(nn.Module):

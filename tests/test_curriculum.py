@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rayaccel.methods.curriculum import (
+from rayaccel.methods.etpp.curriculum import (
     FAMILIES,
     compute_fraction_at,
     compute_ratio,

@@ -24,7 +24,7 @@ from rayaccel.cli import main
 from rayaccel.config import load_job
 from rayaccel.data.metadata import read_meta
 from rayaccel.data.pipeline import DecodeSpec, build_dataset
-from rayaccel.train.pruning import ScoreBoard, keep_rows
+from rayaccel.methods.infobatch.hook import ScoreBoard, keep_rows
 from rayaccel.train.runner import run_job
 
 pytestmark = pytest.mark.ray

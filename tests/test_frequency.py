@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rayaccel.methods.frequency import (
+from rayaccel.methods.etpp.frequency import (
     downsample,
     lowpass_crop,
     resize_antialias,

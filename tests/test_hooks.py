@@ -9,8 +9,11 @@ import torch
 
 from rayaccel.data.pipeline import DecodeSpec, decode_batch
 from rayaccel.data.randaugment import rand_augment
-from rayaccel.methods.frequency import lowpass_crop, resize_antialias
-from rayaccel.methods.hooks import LowPassCropHook, ReplayHook, StepBatch, build_hooks
+from rayaccel.methods.base import StepBatch
+from rayaccel.methods.etpp.frequency import lowpass_crop, resize_antialias
+from rayaccel.methods.etpp.lowpass import LowPassCropHook
+from rayaccel.methods.etpp.replay import ReplayHook
+from rayaccel.methods.ordering import build_hooks
 
 
 def stage(resolution_px=14, replay_factor=1, per_worker_batch=8):

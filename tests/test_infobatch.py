@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rayaccel.methods.infobatch import (
+from rayaccel.methods.infobatch.scores import (
     EpochSelection,
     InfoBatchScoreBoard,
     weighted_loss,

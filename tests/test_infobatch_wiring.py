@@ -11,10 +11,10 @@ from test_curriculum_plan import job_dict
 
 from rayaccel.config import ConfigError, parse_job
 from rayaccel.data.pipeline import DecodeSpec, decode_batch
-from rayaccel.methods.hooks import ReplayHook, StepBatch
-from rayaccel.methods.replay import ReplayBuffer
+from rayaccel.methods.base import StepBatch
+from rayaccel.methods.etpp.replay import ReplayBuffer, ReplayHook
+from rayaccel.methods.infobatch.hook import InfoBatchHook, keep_digest
 from rayaccel.plan import format_plan, make_plan
-from rayaccel.train.pruning import InfoBatchHook, keep_digest
 
 
 def infobatch_job(epochs=10, curriculum=None, **infobatch):

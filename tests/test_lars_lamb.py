@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from rayaccel.methods.lamb import LAMB, lamb_param_groups
-from rayaccel.methods.lars import LARS, lars_param_groups
+from rayaccel.optim.build import exclude_norms_and_biases, param_groups
+from rayaccel.optim.lamb import LAMB
+from rayaccel.optim.lars import LARS
 
 
 def _tiny_model() -> nn.Module:
@@ -73,7 +74,7 @@ def _grads_of_two_steps(model: nn.Module, optimizer: torch.optim.Optimizer):
 def test_lars_two_steps_on_tiny_model_match_hand_computation(nesterov):
     model = _tiny_model()
     initial = [p.detach().clone() for p in model.parameters()]
-    groups = lars_param_groups(model, weight_decay=5e-4)
+    groups = exclude_norms_and_biases(param_groups(model, weight_decay=5e-4), "lars")
     # A large trust coefficient so the trust ratio visibly matters.
     optimizer = LARS(groups, lr=0.5, momentum=0.9, trust_coefficient=0.02, nesterov=nesterov)
     grads_per_step = _grads_of_two_steps(model, optimizer)
@@ -118,7 +119,7 @@ def test_lars_zero_weight_or_zero_grad_uses_ratio_one():
 
 def test_lars_param_groups_flag_norms_and_biases():
     model = _tiny_model()
-    decay, no_decay = lars_param_groups(model, weight_decay=1e-4)
+    decay, no_decay = exclude_norms_and_biases(param_groups(model, weight_decay=1e-4), "lars")
     assert decay["lars_exclude"] is False and decay["weight_decay"] == 1e-4
     assert no_decay["lars_exclude"] is True and no_decay["weight_decay"] == 0.0
     assert [p.shape for p in decay["params"]] == [torch.Size([2, 3])]
@@ -176,7 +177,7 @@ def test_lamb_two_steps_on_tiny_model_match_hand_computation(bias_correction):
     model = _tiny_model()
     initial = [p.detach().clone() for p in model.parameters()]
     optimizer = LAMB(
-        lamb_param_groups(model, weight_decay=0.01),
+        exclude_norms_and_biases(param_groups(model, weight_decay=0.01), "lamb"),
         lr=0.05,
         betas=(0.8, 0.95),
         bias_correction=bias_correction,
@@ -209,7 +210,9 @@ def test_lamb_excluded_group_is_plain_adam_and_zero_weight_gets_ratio_one():
 
 
 def test_lamb_param_groups_flag_norms_and_biases():
-    decay, no_decay = lamb_param_groups(_tiny_model(), weight_decay=0.02)
+    decay, no_decay = exclude_norms_and_biases(
+        param_groups(_tiny_model(), weight_decay=0.02), "lamb"
+    )
     assert decay["lamb_exclude"] is False and decay["weight_decay"] == 0.02
     assert no_decay["lamb_exclude"] is True and no_decay["weight_decay"] == 0.0
 
@@ -230,8 +233,12 @@ def test_lamb_validates_hyperparameters():
 @pytest.mark.parametrize(
     "make_optimizer",
     [
-        lambda model: LARS(lars_param_groups(model, 1e-3), lr=0.3, trust_coefficient=0.01),
-        lambda model: LAMB(lamb_param_groups(model, 0.01), lr=0.02),
+        lambda model: LARS(
+            exclude_norms_and_biases(param_groups(model, 1e-3), "lars"),
+            lr=0.3,
+            trust_coefficient=0.01,
+        ),
+        lambda model: LAMB(exclude_norms_and_biases(param_groups(model, 0.01), "lamb"), lr=0.02),
     ],
     ids=["lars", "lamb"],
 )

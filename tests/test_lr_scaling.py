@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rayaccel.methods.lr_scaling import (
+from rayaccel.optim.lr_scaling import (
     LR_RULES,
     fit_power_law,
     linear_warmup_epochs_for,

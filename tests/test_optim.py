@@ -1,4 +1,4 @@
-"""Tests for rayaccel.train.optim and rayaccel.train.schedules."""
+"""Tests for rayaccel.optim.build and rayaccel.train.schedules."""
 
 import math
 
@@ -8,7 +8,8 @@ from torch import nn
 
 from rayaccel.core.schedules import lr_multiplier, piecewise_linear, warmup_cosine
 from rayaccel.models import ResNet9
-from rayaccel.train.optim import build_optimizer, param_groups, set_lr
+from rayaccel.optim.build import build_optimizer, param_groups, set_lr
+from rayaccel.optim.registry import OptimizerHyperparameters
 
 
 def _tiny_net() -> nn.Module:
@@ -47,7 +48,9 @@ def test_param_groups_skip_frozen_parameters():
 
 def test_sgd_weight_decay_shrinks_weights_but_not_biases():
     model = _tiny_net()
-    optimizer = build_optimizer(model, name="sgd", lr=0.1, weight_decay=0.5)
+    optimizer = build_optimizer(
+        model, OptimizerHyperparameters(name="sgd", lr=0.1, weight_decay=0.5)
+    )
     conv = model[0]
     weight_before, bias_before = conv.weight.detach().clone(), conv.bias.detach().clone()
     for param in model.parameters():
@@ -62,7 +65,9 @@ def test_sgd_weight_decay_shrinks_weights_but_not_biases():
     "name, optimizer_type", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)]
 )
 def test_build_optimizer_sets_initial_lr(name, optimizer_type):
-    optimizer = build_optimizer(_tiny_net(), name=name, lr=0.2, weight_decay=1e-4)
+    optimizer = build_optimizer(
+        _tiny_net(), OptimizerHyperparameters(name=name, lr=0.2, weight_decay=1e-4)
+    )
     assert isinstance(optimizer, optimizer_type)
     assert len(optimizer.param_groups) == 2
     for group in optimizer.param_groups:
@@ -83,15 +88,20 @@ def test_build_optimizer_sets_initial_lr(name, optimizer_type):
 )
 def test_build_optimizer_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        build_optimizer(_tiny_net(), **{"name": "sgd", "lr": 0.1, "weight_decay": 0.0, **kwargs})
+        build_optimizer(
+            _tiny_net(),
+            OptimizerHyperparameters(**{"name": "sgd", "lr": 0.1, "weight_decay": 0.0, **kwargs}),
+        )
 
 
 @pytest.mark.parametrize("name", ["lars", "lamb"])
 def test_build_optimizer_lars_and_lamb_exclude_norms_and_biases(name):
-    from rayaccel.methods.lamb import LAMB
-    from rayaccel.methods.lars import LARS
+    from rayaccel.optim.lamb import LAMB
+    from rayaccel.optim.lars import LARS
 
-    optimizer = build_optimizer(_tiny_net(), name=name, lr=0.2, weight_decay=1e-4)
+    optimizer = build_optimizer(
+        _tiny_net(), OptimizerHyperparameters(name=name, lr=0.2, weight_decay=1e-4)
+    )
     assert isinstance(optimizer, {"lars": LARS, "lamb": LAMB}[name])
     decay, no_decay = optimizer.param_groups
     assert decay[f"{name}_exclude"] is False and no_decay[f"{name}_exclude"] is True
@@ -104,18 +114,22 @@ def test_build_optimizer_lars_and_lamb_exclude_norms_and_biases(name):
         assert decay["eps"] == 1e-6
 
 
-def test_set_lr_scales_initial_lr_per_group():
-    optimizer = build_optimizer(_tiny_net(), name="sgd", lr=0.4, weight_decay=0.0)
-    optimizer.param_groups[1]["initial_lr"] = 0.4 * 64  # a group with lr_scale 64
-    set_lr(optimizer, 0.25)
+def test_set_lr_scales_the_rate_per_group():
+    optimizer = build_optimizer(
+        _tiny_net(), OptimizerHyperparameters(name="sgd", lr=0.4, weight_decay=0.0)
+    )
+    optimizer.param_groups[1]["lr_scale"] = 64.0
+    set_lr(optimizer, 0.1)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 6.4])
-    set_lr(optimizer, 1.0)
+    set_lr(optimizer, 0.4)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.4, 25.6])
 
 
 def test_set_lr_errors():
-    optimizer = build_optimizer(_tiny_net(), name="sgd", lr=0.4, weight_decay=0.0)
-    with pytest.raises(ValueError, match="multiplier"):
+    optimizer = build_optimizer(
+        _tiny_net(), OptimizerHyperparameters(name="sgd", lr=0.4, weight_decay=0.0)
+    )
+    with pytest.raises(ValueError, match="learning rate"):
         set_lr(optimizer, -0.1)
     plain = torch.optim.SGD(_tiny_net().parameters(), lr=0.1)
     with pytest.raises(KeyError, match="build_optimizer"):

@@ -6,12 +6,11 @@ import timm
 import torch
 from timm.layers import DropPath
 
-from rayaccel.methods.progressive import (
+from rayaccel.methods.progressive.regularisation import mixup_cutmix, set_regularisation
+from rayaccel.methods.progressive.stages import (
     EFFICIENTNETV2_PRESETS,
     efficientnetv2_preset,
-    mixup_cutmix,
     progressive_stages,
-    set_regularisation,
 )
 
 

@@ -9,8 +9,8 @@ import yaml
 from conftest import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
 
 from rayaccel.config import ConfigError, load_job, parse_job, resolve_data
-from rayaccel.methods.hooks import StepBatch
-from rayaccel.methods.recipe_hooks import RegularisationHook
+from rayaccel.methods.base import StepBatch
+from rayaccel.methods.progressive.hook import RegularisationHook
 from rayaccel.models import build_model
 from rayaccel.plan import format_plan, make_plan
 from rayaccel.train.runner import build_run

@@ -14,11 +14,13 @@ from torch import nn
 from rayaccel.config import ConfigError, parse_job, resolve_data
 from rayaccel.data.device import load_device_dataset, worker_rows
 from rayaccel.data.pipeline import DecodeSpec
-from rayaccel.methods.ghost_bn import GhostBatchNorm2d
-from rayaccel.methods.hooks import StepBatch, build_hooks
-from rayaccel.methods.lookahead import Lookahead
-from rayaccel.methods.recipe_hooks import EmaHook, WorkerAugmentHook
+from rayaccel.methods.base import StepBatch
+from rayaccel.methods.ordering import build_hooks
+from rayaccel.methods.tricks.ema import EmaHook
+from rayaccel.methods.tricks.ghost_bn import GhostBatchNorm2d
+from rayaccel.methods.tricks.worker_augment import WorkerAugmentHook
 from rayaccel.models import build_model
+from rayaccel.optim.lookahead import Lookahead
 from rayaccel.train import recipe
 from rayaccel.train.runner import build_run
 

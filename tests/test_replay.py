@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from rayaccel.methods.replay import ReplayBuffer, fresh_chunk_size
+from rayaccel.methods.etpp.replay import ReplayBuffer, fresh_chunk_size
 
 SAMPLE_SHAPE = (2, 3, 3)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rayaccel.methods.ema import ModelEma
+from rayaccel.methods.tricks.ema import ModelEma
 
 
 def make_model() -> nn.Module:

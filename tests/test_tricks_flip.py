@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rayaccel.methods.flip import alternating_flip_mask
+from rayaccel.methods.tricks.flip import alternating_flip_mask
 
 INDICES = torch.arange(10_000)
 

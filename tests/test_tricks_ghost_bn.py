@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rayaccel.methods.ghost_bn import GhostBatchNorm2d, convert_to_ghost_bn
+from rayaccel.methods.tricks.ghost_bn import GhostBatchNorm2d, convert_to_ghost_bn
 
 
 def make_ghost(virtual_batch_size: int) -> GhostBatchNorm2d:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rayaccel.methods.gpu_augment import cutout, random_crop_from_padding, random_flip
+from rayaccel.methods.tricks.gpu_augment import cutout, random_crop_from_padding, random_flip
 
 
 def random_images(n_samples: int = 16, dtype=torch.uint8) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rayaccel.methods.init import dirac_init_
+from rayaccel.methods.tricks.init import dirac_init_
 
 
 def test_first_channels_reproduce_the_input_and_the_rest_are_kept():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rayaccel.methods.lookahead import Lookahead
+from rayaccel.optim.lookahead import Lookahead
 
 
 def make(theta_0: float = 1.0, *, k: int = 2, alpha: float = 0.5):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rayaccel.methods.tta import predict_with_tta, tta_views
+from rayaccel.methods.tricks.tta import predict_with_tta, tta_views
 
 
 class PixelProbe(nn.Module):

@@ -4,7 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rayaccel.methods.whitening import make_whitening_conv, patch_covariance, whitening_conv_weights
+from rayaccel.methods.tricks.whitening import (
+    make_whitening_conv,
+    patch_covariance,
+    whitening_conv_weights,
+)
 
 
 def correlated_images(n_images: int = 32) -> torch.Tensor:

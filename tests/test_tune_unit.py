@@ -10,7 +10,7 @@ import yaml
 from conftest import REPO_ROOT
 
 from rayaccel.cli import EXIT_BAD_INPUT, main
-from rayaccel.config import ConfigError, load_job
+from rayaccel.config import ConfigError, load_job, merge_curriculum
 from rayaccel.plan import make_plan
 from rayaccel.tune.common import nested, set_field
 from rayaccel.tune.curriculum_search import (
@@ -22,7 +22,6 @@ from rayaccel.tune.curriculum_search import (
     within_budget,
 )
 from rayaccel.tune.field_search import domain_extremes, overrides_text
-from rayaccel.tune.include import merge_curriculum
 from rayaccel.tune.lr_scaling_search import (
     best_lr_per_batch,
     clipping_note,
@@ -307,7 +306,7 @@ def test_curriculum_file_replaces_or_merges_into_the_job(tmp_path, capsys):
 
 
 def test_alpha_formula_matches_scale_lr():
-    from rayaccel.methods.lr_scaling import scale_lr
+    from rayaccel.optim.lr_scaling import scale_lr
 
     lr = scale_lr(0.2, batch=512, base_batch=128, rule="fitted", alpha=0.6, lr_max=None)
     assert lr == pytest.approx(0.2 * 4**0.6)

@@ -3,8 +3,8 @@
 Progress is a float, ``epoch + step / steps_per_epoch`` (epoch 2, step 10 of 40 is 2.25), not a
 step count: methods that change the number of steps per epoch (InfoBatch pruning, large early
 batches in EfficientTrain++) would otherwise stretch or squash a step-based schedule. Each
-function returns a multiplier in [0, 1] for the optimizer's base rate; the loop applies it with
-:func:`rayaccel.train.optim.set_lr`. Arguments are validated on every call (a few comparisons),
+function returns a multiplier in [0, 1] of the peak rate; the plan turns it into each step's
+rate (`rayaccel.plan.Plan.lr_at`) and the loop sets that with :func:`rayaccel.optim.build.set_lr`. Arguments are validated on every call (a few comparisons),
 so a bad schedule in a config fails on the first step; ``lr_multiplier(0.0, schedule)`` is a
 cheap way to validate one up front.
 """

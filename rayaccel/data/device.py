@@ -6,7 +6,7 @@ than the training step of a small model. In device mode each worker reads the pa
 itself once, decodes its rows with the same `decode_batch` the Ray Data pipeline uses (so bad
 rows fail or are marked exactly as there), keeps the uint8 pixels on its device, and every
 epoch only draws a new permutation; augmentation then runs as batched tensor ops on the device
-(`rayaccel.methods.recipe_hooks.WorkerAugmentHook`).
+(`rayaccel.methods.tricks.worker_augment.WorkerAugmentHook`).
 
 Worker r of W takes the rows at positions r, r + W, r + 2W, ... of the stored order (strided,
 so a class-sorted split still gives every worker every class); for training each takes exactly
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from rayaccel.core.seeds import epoch_seed
-from rayaccel.data.metadata import ShardSetMeta
+from rayaccel.data.metadata import ShardSetMeta, read_meta
 from rayaccel.data.pipeline import DecodeSpec, decode_batch, shard_paths
 
 
@@ -144,8 +144,6 @@ def load_device_dataset(
     shuffle_seed: int | None = None,
 ) -> DeviceDataset:
     """This worker's part of a split, decoded onto `device` (see the module docstring)."""
-    from rayaccel.data.metadata import read_meta
-
     meta = read_meta(location)
     rows = worker_rows(meta.count, rank, world_size, equal=train)
     return DeviceDataset(load_rows(location, meta, spec, rows), device, shuffle_seed=shuffle_seed)

@@ -32,7 +32,7 @@ from rayaccel.core.storage import resolve_path
 from rayaccel.data.codec import decode_image
 from rayaccel.data.metadata import TASKS, ShardSetMeta
 from rayaccel.data.randaugment import rand_augment
-from rayaccel.methods.frequency import resize_antialias
+from rayaccel.methods.etpp.frequency import resize_antialias
 
 BAD_ROW_MARK = "rayaccel bad data row"
 

@@ -6,7 +6,7 @@ checkpoint, and the metrics it reports are already reduced over all workers.
 
 Each plan stage reads its own Ray Data dataset (`stage.dataset`, e.g. `train_s0`), so a
 curriculum's resolution and RandAugment magnitude change with the stage. Speed-up methods act
-at the named points of `rayaccel.methods.hooks` (replay, low-pass crop, ...); the loop only
+at the named points of `rayaccel.methods.base` (replay, low-pass crop, ...); the loop only
 calls them. Optimizer state carries across stages. Evaluation runs at the stage's resolution
 and, after the last epoch, always at full resolution; `val_resolution_px` says which.
 """
@@ -24,14 +24,16 @@ import torch
 
 from rayaccel.core.distributed import all_reduce_sum
 from rayaccel.core.seeds import worker_seed
-from rayaccel.methods.frequency import downsample
-from rayaccel.methods.hooks import StepBatch, build_hooks
-from rayaccel.methods.tta import predict_with_tta
+from rayaccel.methods.agvm.hook import AgvmHook
+from rayaccel.methods.base import StepBatch
+from rayaccel.methods.etpp.frequency import downsample
+from rayaccel.methods.ordering import build_hooks
+from rayaccel.methods.tricks.tta import predict_with_tta
 from rayaccel.models import build_model
 from rayaccel.models.resolution import fit_to_resolution
+from rayaccel.optim.build import set_lr
 from rayaccel.plan import Plan
 from rayaccel.train import recipe
-from rayaccel.train.agvm_hook import AgvmHook
 from rayaccel.train.checkpoint import (
     TrainState,
     load_checkpoint,
@@ -247,8 +249,7 @@ def train_loop_per_worker(config: dict) -> dict:
             if step >= steps:
                 break
             lr = plan.lr_at(epoch, step, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+            set_lr(optimizer, lr)
             fresh = _unpack(batch, device)
             audit.add(batch["index"], batch["bad"])
             step_batch = hooks.on_batch(fresh)

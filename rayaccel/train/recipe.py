@@ -16,14 +16,17 @@ from rayaccel.core.seeds import worker_seed
 from rayaccel.data.device import DeviceDataset, load_device_dataset, load_rows
 from rayaccel.data.metadata import read_meta
 from rayaccel.data.pipeline import DecodeSpec
-from rayaccel.methods.frozen_bn import bn_bias_param_groups
-from rayaccel.methods.hooks import Hook
-from rayaccel.methods.lookahead import Lookahead
-from rayaccel.methods.model_tricks import apply_model_tricks
-from rayaccel.methods.recipe_hooks import EmaHook, RegularisationHook, WorkerAugmentHook
-from rayaccel.train.agvm_hook import split_optimizer_groups
+from rayaccel.methods.agvm.hook import split_optimizer_groups
+from rayaccel.methods.base import Hook
+from rayaccel.methods.progressive.hook import RegularisationHook
+from rayaccel.methods.tricks.ema import EmaHook
+from rayaccel.methods.tricks.frozen_bn import bn_bias_param_groups
+from rayaccel.methods.tricks.model_tricks import apply_model_tricks
+from rayaccel.methods.tricks.worker_augment import WorkerAugmentHook
+from rayaccel.optim.build import build_optimizer, param_groups
+from rayaccel.optim.lookahead import Lookahead
+from rayaccel.optim.registry import OptimizerHyperparameters
 from rayaccel.train.checkpoint import unwrap
-from rayaccel.train.optim import build_optimizer, param_groups
 
 
 def load_device_data(
@@ -107,7 +110,7 @@ def build_recipe_optimizer(
     lookahead when enabled.
 
     Args:
-        optimizer: `build_optimizer` keyword arguments.
+        optimizer: `OptimizerHyperparameters` fields.
         bn_bias: `{"bias_lr_multiplier", "bias_wd_divisor"}` or None (plain groups).
         lookahead: `{"k", "alpha"}` or None.
         agvm_components: AGVM's `{component: name patterns}`, or None without AGVM.
@@ -125,7 +128,7 @@ def build_recipe_optimizer(
     agvm_layout = None
     if agvm_components is not None:
         groups, *agvm_layout = split_optimizer_groups(bare, groups, agvm_components)
-    built = build_optimizer(model, **optimizer, groups=groups)
+    built = build_optimizer(model, OptimizerHyperparameters(**optimizer), groups=groups)
     return (Lookahead(built, **lookahead) if lookahead is not None else built), agvm_layout
 
 

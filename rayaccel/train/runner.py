@@ -33,6 +33,11 @@ from rayaccel.core.compute import pixel_compute
 from rayaccel.core.storage import RunFolder, absolute_location
 from rayaccel.data.metadata import read_meta
 from rayaccel.data.pipeline import BAD_ROW_MARK, DecodeSpec, build_dataset
+from rayaccel.methods.agvm.patterns import (
+    DEFAULT_CLASSIFIER_PATTERNS,
+    DEFAULT_SEGMENTATION_PATTERNS,
+)
+from rayaccel.methods.infobatch.hook import ScoreBoard, keep_rows
 from rayaccel.plan import Plan, make_plan
 from rayaccel.report import compute_px_images, load_run, write_report
 from rayaccel.train.loop import LoopSettings, train_loop_per_worker
@@ -154,8 +159,6 @@ def build_run(job: JobConfig) -> tuple[Plan, LoopSettings]:
 
 def agvm_settings(job: JobConfig) -> dict | None:
     """`AgvmHook` arguments and the component patterns (defaults by task), or None."""
-    from rayaccel.methods.agvm import DEFAULT_CLASSIFIER_PATTERNS, DEFAULT_SEGMENTATION_PATTERNS
-
     if job.agvm is None:
         return None
     settings = job.agvm.model_dump()
@@ -324,8 +327,6 @@ def _score_board(job: JobConfig, plan: Plan):
     """
     if job.infobatch is None:
         return None
-    from rayaccel.train.pruning import ScoreBoard
-
     return ScoreBoard.remote(
         read_meta(job.data.train).count,
         prune_ratio=job.infobatch.prune_ratio,
@@ -380,8 +381,6 @@ def _datasets(job: JobConfig, plan: Plan, *, board=None) -> dict:
     train_meta = read_meta(data.train)
     pruning = {}
     if board is not None:
-        from rayaccel.train.pruning import keep_rows
-
         pruning = {"row_filter": keep_rows, "row_filter_kwargs": {"board": board}}
     datasets = {}
     for stage in plan.stages:

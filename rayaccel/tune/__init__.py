@@ -3,7 +3,7 @@
 Each trial of a search runs Ray Train runs of the base job (the Train-in-Tune pattern of Ray
 2.60: a function trainable that calls `TorchTrainer.fit()`); results and the best
 configuration are written as YAML a job can take (`rayaccel run JOB --curriculum FILE`).
-Ray is imported only when a search runs, so job loading can use `rayaccel.tune.include`.
+Ray is imported only when a search runs (`rayaccel tune` is the only command that needs it).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from ray import tune
 from rayaccel.config import ConfigError, JobConfig, parse_job, read_yaml
 from rayaccel.config import resolve_data as resolve_job_data
 from rayaccel.core.storage import absolute_location
-from rayaccel.train.runner import free_placement_group
+from rayaccel.train.runner import free_placement_group, run_job
 from rayaccel.tune.spec import TrialResources
 
 # Tune trials reserve only a sliver of a CPU: their training runs in Ray Train's workers,
@@ -257,8 +257,6 @@ def job_trial(config: dict) -> None:
     result, so ASHA can stop the trial between epochs.
     """
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from rayaccel.train.runner import run_job
 
     raw = config["base"]
     for key, value in config["changes"].items():

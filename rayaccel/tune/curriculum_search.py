@@ -27,11 +27,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rayaccel.config import ConfigError, CustomCurriculum
+from rayaccel.config import ConfigError, CustomCurriculum, parse_job
 from rayaccel.core.compute import pixel_compute
+from rayaccel.core.storage import resolve_path
 from rayaccel.data.metadata import read_meta
-from rayaccel.methods.curriculum import etpp_magnitudes, etpp_replay_factors
+from rayaccel.methods.etpp.curriculum import etpp_magnitudes, etpp_replay_factors
 from rayaccel.plan import Plan, PlanError, make_plan
+from rayaccel.train.checkpoint import STATE_FILE, TrainState
+from rayaccel.train.runner import run_job
 from rayaccel.tune.common import (
     SearchFailed,
     Stopwatch,
@@ -138,9 +141,6 @@ def restart_checkpoint(source: str, destination: str) -> str:
     """
     import torch
 
-    from rayaccel.core.storage import resolve_path
-    from rayaccel.train.checkpoint import STATE_FILE, TrainState
-
     fs, root = resolve_path(source)
     with fs.open_input_stream(f"{root}/{STATE_FILE}") as stream:
         payload = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=False)
@@ -159,9 +159,6 @@ def restart_checkpoint(source: str, destination: str) -> str:
 def stage_trial(config: dict) -> None:
     """One candidate of one stage: train the stage, fine-tune at full size, report the score."""
     from ray import tune
-
-    from rayaccel.config import parse_job
-    from rayaccel.train.runner import run_job
 
     spec = config["trials"][str(config["resolution_px"])]
     watch = Stopwatch()

@@ -7,7 +7,7 @@ would compare unequal numbers of steps); batch sizes run one after the other. A
 trial's LR is `multiplier * lr * sqrt(B / base_batch)`, so the grid brackets the square-root
 rule. Per batch size the best LR is the trial that trained longest (ASHA kept it) with the
 highest final validation accuracy. The rule `lr = lr_base * (B / base_batch)^alpha` is fitted
-to those by least squares on log-log (`rayaccel.methods.lr_scaling.fit_power_law`) and capped
+to those by least squares on log-log (`rayaccel.optim.lr_scaling.fit_power_law`) and capped
 at the largest best LR measured: the fit is not trusted beyond the batches it saw.
 
 It is written in the form Early Large Batch reads (`curriculum.lr_alpha`, `curriculum.lr_max`;
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rayaccel.config import ConfigError
 from rayaccel.data.metadata import read_meta
-from rayaccel.methods.lr_scaling import fit_power_law
+from rayaccel.optim.lr_scaling import fit_power_law
 from rayaccel.plan import PlanError, make_plan
 from rayaccel.tune.common import (
     SearchFailed,

@@ -19,7 +19,7 @@ from torch import Tensor
 class Lookahead:
     """Wraps an optimizer; use it where the optimizer was used (``step``, ``zero_grad``).
 
-    ``param_groups`` and ``state`` are the inner optimizer's, so ``rayaccel.train.optim.set_lr``
+    ``param_groups`` and ``state`` are the inner optimizer's, so ``rayaccel.optim.build.set_lr``
     and ``GradScaler.step`` work unchanged. The inner optimizer's state (e.g. SGD momentum) is
     kept across synchronisations, the paper's default. Slow weights start as a copy of the
     parameters at construction and live on their devices.

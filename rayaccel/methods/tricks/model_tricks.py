@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from rayaccel.methods.frozen_bn import freeze_bn_scale
-from rayaccel.methods.ghost_bn import convert_to_ghost_bn
-from rayaccel.methods.init import dirac_init_
-from rayaccel.methods.whitening import make_whitening_conv
+from rayaccel.methods.tricks.frozen_bn import freeze_bn_scale
+from rayaccel.methods.tricks.ghost_bn import convert_to_ghost_bn
+from rayaccel.methods.tricks.init import dirac_init_
+from rayaccel.methods.tricks.whitening import make_whitening_conv
 
 
 def dirac_init_model(model: nn.Module) -> int:

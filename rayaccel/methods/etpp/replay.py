@@ -14,6 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rayaccel.core.seeds import epoch_seed
+from rayaccel.methods.base import Hook, StepBatch
+
 _SUPPORTED_DTYPES = (torch.uint8, torch.float16)
 
 
@@ -332,3 +335,83 @@ class ReplayBuffer:
             if values.is_floating_point() or values.is_complex():
                 raise ValueError(f"{name} must be an integer tensor, got dtype {values.dtype}")
         return n_samples
+
+
+class ReplayHook(Hook):
+    """EfficientTrain++ replay: each step is one fresh chunk plus samples from a FIFO buffer.
+
+    The buffer lives on this worker's device and is emptied at every stage start (samples of an
+    earlier stage have another resolution and a weaker augmentation). With dtype `uint8` it
+    holds raw pixels at `on_batch`; with `float16` it holds normalised, already low-pass cropped
+    inputs at `on_inputs`, as the release does (no recomputation for replayed samples).
+
+    Draws are reseeded from `(seed, epoch)` at every epoch start: only rank 0 writes
+    checkpoints, so a generator state could not be saved for every worker, but a seed derived
+    from the epoch makes a run resumed at an epoch boundary replay exactly like the original on
+    all workers. The buffer's contents are not checkpointed (they can be gigabytes); a resumed
+    epoch starts with an empty buffer, which `ReplayBuffer.mix` handles.
+
+    Args:
+        capacity_samples: Buffer size in samples.
+        dtype: `torch.uint8` or `torch.float16`.
+        device: The worker's device.
+        seed: Distinct per worker (e.g. `job seed * 1000 + rank`).
+    """
+
+    def __init__(
+        self, *, capacity_samples: int, dtype: torch.dtype, device: torch.device, seed: int
+    ):
+        if dtype not in (torch.uint8, torch.float16):
+            raise ValueError(f"dtype must be torch.uint8 or torch.float16, got {dtype}")
+        self.capacity_samples = capacity_samples
+        self.dtype = dtype
+        self.device = device
+        self.seed = seed
+        self.replay_factor = 1
+        self.batch_size = 0
+        self.epoch = 0
+        self.buffer: ReplayBuffer | None = None
+
+    def on_stage_start(self, stage: Any) -> None:
+        self.replay_factor = stage.replay_factor
+        self.batch_size = stage.per_worker_batch
+        self.buffer = None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.buffer is not None:
+            self.buffer.reseed(self._epoch_seed())
+
+    def on_batch(self, batch: StepBatch) -> StepBatch:
+        return self._mix(batch) if self.dtype == torch.uint8 else batch
+
+    def on_inputs(self, batch: StepBatch) -> StepBatch:
+        return self._mix(batch) if self.dtype == torch.float16 else batch
+
+    def on_epoch_end(self) -> dict[str, float]:
+        return {"replay/buffer_samples": len(self.buffer) if self.buffer is not None else 0}
+
+    def _epoch_seed(self) -> int:
+        return epoch_seed(self.seed, self.epoch)
+
+    def _mix(self, batch: StepBatch) -> StepBatch:
+        if self.replay_factor == 1 or batch.labels.numel() == 0:
+            return batch
+        sample_shape = tuple(batch.images.shape[1:])
+        if self.buffer is None or self.buffer.sample_shape != sample_shape:
+            self.buffer = ReplayBuffer(
+                self.capacity_samples,
+                sample_shape,
+                dtype=self.dtype,
+                device=self.device,
+                seed=self._epoch_seed(),
+            )
+        images, labels, indices, weights = self.buffer.mix_weighted(
+            batch.images,
+            batch.labels,
+            batch.indices,
+            batch.weights,
+            replay_factor=self.replay_factor,
+            batch_size=self.batch_size,
+        )
+        return StepBatch(images, labels, indices, weights if batch.weights is not None else None)

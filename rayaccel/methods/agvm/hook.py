@@ -1,4 +1,4 @@
-"""AGVM in the training loop: the thin hook around `rayaccel.methods.agvm`.
+"""AGVM in the training loop: the thin hook around `rayaccel.methods.agvm.multipliers`.
 
 Besides the usual hook points (mu in the epoch metrics, AGVM's state and step counter in
 checkpoints) the loop calls two methods of its own on every step:
@@ -20,14 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rayaccel.methods.agvm import (
+from rayaccel.methods.agvm.multipliers import (
     AGVMState,
     apply_multipliers,
     component_param_groups,
     group_parameters,
     half_batch_gradients,
 )
-from rayaccel.methods.hooks import Hook
+from rayaccel.methods.base import Hook
 
 ADAM_TYPES = ("adamw", "lamb")
 

@@ -49,7 +49,7 @@ def bn_bias_param_groups(
 ) -> list[dict]:
     """Optimizer groups giving BatchNorm biases their own learning rate and weight decay.
 
-    Groups follow ``rayaccel.train.optim``: each carries ``lr_scale`` and
+    Groups follow ``rayaccel.optim.build``: each carries ``lr_scale`` and
     ``initial_lr = base_lr * lr_scale`` (so ``set_lr`` keeps the 64x ratio under any schedule)
     and the starting ``lr``. Weight decay applies to conv/linear weights (``ndim > 1``) only, as
     in ``optim.param_groups``; other 1-D parameters (unfrozen norm scales, conv or linear

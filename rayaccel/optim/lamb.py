@@ -16,7 +16,7 @@ Decisions where the paper leaves room:
 - The trust ratio is ``||w|| / ||r||`` without the paper's clipping function phi (identity),
   and it is 1 when either norm is 0, so zero-initialised layers still start to move.
 - Parameter groups with ``lamb_exclude=True`` (normalisation weights and biases, see
-  :func:`lamb_param_groups`) get the plain Adam update ``m_hat / (sqrt(v_hat) + eps)``: no trust
+  :func:`rayaccel.optim.build.exclude_norms_and_biases`) get the plain Adam update ``m_hat / (sqrt(v_hat) + eps)``: no trust
   ratio and no weight decay, whatever their ``weight_decay``.
 - ``bias_correction=False`` uses ``m`` and ``v`` directly (some BERT recipes do).
 - No gradient clipping: clipping the global gradient norm is the training loop's choice.
@@ -29,26 +29,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import nn
-
-from rayaccel.train.optim import param_groups
-
-
-def lamb_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """:func:`rayaccel.train.optim.param_groups` with the ``lamb_exclude`` flag set.
-
-    Args:
-        model: The model to optimise.
-        weight_decay: Decoupled decay of the conv/linear weights (the ``ndim > 1`` group).
-
-    Returns:
-        ``[decay_group, no_decay_group]``: the first with ``lamb_exclude=False``, the second
-        (norm weights and biases) with ``lamb_exclude=True``.
-    """
-    decay, no_decay = param_groups(model, weight_decay)
-    decay["lamb_exclude"] = False
-    no_decay["lamb_exclude"] = True
-    return [decay, no_decay]
 
 
 class LAMB(torch.optim.Optimizer):

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rayaccel.methods.base import Hook
+
 
 class ModelEma:
     """A float32 EMA of a model's parameters, plus a copy of its buffers.
@@ -141,3 +143,48 @@ def _load_tensors(model: nn.Module, parameters: dict[str, Tensor], buffers: dict
             param.copy_(parameters[name])
         for name, buffer in model.named_buffers():
             buffer.copy_(buffers[name])
+
+
+class EmaHook(Hook):
+    """An EMA of the weights that evaluation uses instead of the live weights.
+
+    Counts optimizer steps itself (from 1 after the first step, carried in checkpoints) and
+    averages every `every_steps`-th; `evaluation_weights` swaps the average in and the live
+    weights back afterwards. The n-th update uses momentum `min(momentum, (1 + n) / (10 + n))`
+    (timm's EMA warmup): with a fixed 0.99 a short run's average would still be mostly the
+    random initial weights (after 18 updates, 0.99^18 = 83% of them), evaluated with the live
+    model's BN statistics, which fit neither.
+
+    Args:
+        model: The bare model (not the DDP wrapper).
+        momentum: Weight of the old average per update, in [0, 1).
+        every_steps: Optimizer steps between updates, >= 1.
+    """
+
+    def __init__(self, model: nn.Module, *, momentum: float, every_steps: int):
+        self.model = model
+        self.momentum = momentum
+        self.ema = ModelEma(model, momentum=momentum, every_steps=every_steps)
+        self.steps = 0
+
+    def after_step(self) -> None:
+        self.steps += 1
+        updates = self.ema.num_updates
+        self.ema.momentum = min(self.momentum, (1 + updates) / (10 + updates))
+        self.ema.update(self.steps)
+
+    @contextmanager
+    def evaluation_weights(self) -> Iterator[None]:
+        with self.ema.weights_applied(self.model):
+            yield
+
+    def on_epoch_end(self) -> dict[str, float]:
+        return {"ema/updates": self.ema.num_updates}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": self.ema.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.ema.load_state_dict(state["ema"])
+            self.steps = state["steps"]

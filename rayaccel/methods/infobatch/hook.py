@@ -33,8 +33,12 @@ import torch
 from torch import Tensor
 
 from rayaccel.core.distributed import barrier
-from rayaccel.methods.hooks import Hook, StepBatch
-from rayaccel.methods.infobatch import EpochSelection, InfoBatchScoreBoard, weight_losses
+from rayaccel.methods.base import Hook, StepBatch
+from rayaccel.methods.infobatch.scores import (
+    EpochSelection,
+    InfoBatchScoreBoard,
+    weight_losses,
+)
 
 WEIGHT_COLUMN = "loss_weight"
 

@@ -16,7 +16,7 @@ Where the pieces run:
   ``streaming_split`` hands every row to exactly one worker, so the workers' shards are disjoint
   and together hold exactly the epoch's keep set; no separate shard assignment exists.
 - Workers train with :func:`weighted_loss` and send their ``(int64 index, float32 loss)`` pairs
-  to the board, which calls :meth:`InfoBatchScoreBoard.update` (``rayaccel.train.pruning``
+  to the board, which calls :meth:`InfoBatchScoreBoard.update` (``rayaccel.methods.infobatch.hook``
   holds the Ray side: the board actor, the Ray Data filter and the loop hook).
 
 Decisions where the paper and reference code leave room:

@@ -19,7 +19,7 @@ Decisions where the paper leaves room:
 - A zero ``||w||`` or ``||g||`` gives ratio 1: a zero-initialised layer (zero-init residual
   BN, a zeroed head) would otherwise never move, and a zero gradient has nothing to scale.
 - Parameter groups with ``lars_exclude=True`` (normalisation weights and biases, see
-  :func:`lars_param_groups`) are plain momentum SGD: no trust ratio and no weight decay, whatever
+  :func:`rayaccel.optim.build.exclude_norms_and_biases`) are plain momentum SGD: no trust ratio and no weight decay, whatever
   their ``weight_decay``. Their norms are tiny or meaningless per layer, and the paper's recipes
   and later large-batch work leave them out.
 """
@@ -31,26 +31,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import nn
-
-from rayaccel.train.optim import param_groups
-
-
-def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """:func:`rayaccel.train.optim.param_groups` with the ``lars_exclude`` flag set.
-
-    Args:
-        model: The model to optimise.
-        weight_decay: Decay of the conv/linear weights (the ``ndim > 1`` group).
-
-    Returns:
-        ``[decay_group, no_decay_group]``: the first with ``lars_exclude=False``, the second
-        (norm weights and biases) with ``lars_exclude=True``.
-    """
-    decay, no_decay = param_groups(model, weight_decay)
-    decay["lars_exclude"] = False
-    no_decay["lars_exclude"] = True
-    return [decay, no_decay]
 
 
 def _check_range(name: str, value: float, low: float, high: float, *, high_open: bool) -> None:

@@ -1,0 +1,53 @@
+"""EfficientNetV2's adaptive regularisation as a loop hook (the schedule is in `stages`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch.nn.functional as F
+from torch import nn
+
+from rayaccel.methods.base import Hook, StepBatch
+from rayaccel.methods.progressive.regularisation import mixup_cutmix, set_regularisation
+
+
+class RegularisationHook(Hook):
+    """EfficientNetV2's adaptive regularisation, read from each plan stage.
+
+    At a stage start the stage's dropout and drop-path rates are set on the model
+    (`set_regularisation`: timm's `drop_rate`, head dropout and `DropPath` modules); in every
+    step of a stage with a positive mixup or cutmix alpha the normalised inputs are mixed with
+    a permutation of the batch and `batch.targets` carries the mixed one-hot labels (the loss
+    applies label smoothing on top). Runs after replay, so replayed samples meet new partners.
+
+    Args:
+        model: The bare model (not the DDP wrapper, which shares its modules).
+        num_classes: Width of the one-hot targets.
+        seed: Seed of lambda, boxes and permutations, distinct per worker.
+    """
+
+    def __init__(self, model: nn.Module, *, num_classes: int, seed: int):
+        self.model = model
+        self.num_classes = num_classes
+        self.seed = seed
+        self.mixup_alpha = 0.0
+        self.cutmix_alpha = 0.0
+        self.rng = np.random.default_rng(seed)
+
+    def on_stage_start(self, stage: Any) -> None:
+        set_regularisation(self.model, stage.dropout_rate, stage.drop_path_rate)
+        self.mixup_alpha = stage.mixup_alpha
+        self.cutmix_alpha = stage.cutmix_alpha
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.rng = np.random.default_rng([self.seed, epoch])
+
+    def on_inputs(self, batch: StepBatch) -> StepBatch:
+        if (self.mixup_alpha == 0 and self.cutmix_alpha == 0) or batch.labels.numel() == 0:
+            return batch
+        onehot = F.one_hot(batch.labels, self.num_classes).float()
+        batch.images, batch.targets = mixup_cutmix(
+            batch.images, onehot, self.mixup_alpha, self.cutmix_alpha, self.rng
+        )
+        return batch
