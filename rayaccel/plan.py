@@ -29,17 +29,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from rayaccel.config import (
-    CosineSchedule,
-    EtppCurriculum,
-    JobConfig,
-    ProgressiveCurriculum,
-    progressive_settings,
-)
+from rayaccel.config import CosineSchedule, JobConfig
 from rayaccel.core.compute import pixel_compute
 from rayaccel.core.schedules import lr_multiplier
 from rayaccel.methods.etpp import curriculum as etpp
+from rayaccel.methods.etpp.config import EtppCurriculum
 from rayaccel.methods.infobatch.scores import first_full_epoch
+from rayaccel.methods.progressive.config import ProgressiveCurriculum, progressive_settings
 from rayaccel.methods.progressive.stages import progressive_stages
 
 

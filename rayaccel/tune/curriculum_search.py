@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rayaccel.config import ConfigError, CustomCurriculum, parse_job
+from rayaccel.config import ConfigError, parse_job
 from rayaccel.core.compute import pixel_compute
 from rayaccel.core.storage import resolve_path
 from rayaccel.data.metadata import read_meta
+from rayaccel.methods.etpp.config import CustomCurriculum
 from rayaccel.methods.etpp.curriculum import etpp_magnitudes, etpp_replay_factors
 from rayaccel.plan import Plan, PlanError, make_plan
 from rayaccel.train.checkpoint import STATE_FILE, TrainState

@@ -12,24 +12,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from rayaccel.config import ConfigError, read_yaml
+from rayaccel.config.errors import format_errors
+from rayaccel.core.schema import Strict, variant_key_error
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TrialResources(_Strict):
+class TrialResources(Strict):
     """What one trial's training reserves; replaces the base job's `scaling` section."""
 
     num_workers: int = Field(1, ge=1)
@@ -39,7 +36,7 @@ class TrialResources(_Strict):
     preprocess_cpus: float = Field(0.5, gt=0)
 
 
-class _SearchBase(_Strict):
+class _SearchBase(Strict):
     # The base job, e.g. jobs/quickstart-etpp.yaml (relative to the working directory).
     job: str = Field(min_length=1)
     # Dotted job fields set before the search, e.g. {train.epochs: 2}.
@@ -121,11 +118,11 @@ class LrScalingSearch(_SearchBase):
         return self
 
 
-class Choice(_Strict):
+class Choice(Strict):
     choice: list[Any] = Field(min_length=1)
 
 
-class Uniform(_Strict):
+class Uniform(Strict):
     uniform: tuple[float, float]
 
     @field_validator("uniform")
@@ -136,7 +133,7 @@ class Uniform(_Strict):
         return bounds
 
 
-class LogUniform(_Strict):
+class LogUniform(Strict):
     loguniform: tuple[float, float]
 
     @field_validator("loguniform")
@@ -201,75 +198,19 @@ SearchConfig = Annotated[
     | Annotated[FieldSearch, Tag("fields")],
     Discriminator(
         _kind_tag,
-        custom_error_type="invalid_kind",
-        custom_error_message=f"kind: must be one of {', '.join(SEARCH_KINDS)}",
+        custom_error_type=variant_key_error("kind"),
+        custom_error_message=f"must be one of {', '.join(SEARCH_KINDS)}",
     ),
 ]
 
 
-class _SearchFile(_Strict):
-    search: SearchConfig
+_SEARCH = TypeAdapter(SearchConfig)
 
 
 def load_search(path: str | Path) -> CurriculumSearch | LrScalingSearch | FieldSearch:
     """Reads and validates a search file; raises `ConfigError` with one line per problem."""
     raw = read_yaml(path)
     try:
-        return _SearchFile.model_validate({"search": raw}).search
+        return _SEARCH.validate_python(raw)
     except ValidationError as err:
-        raise ConfigError(search_errors(err, raw, str(path))) from None
-
-
-_KINDS = {"curriculum": CurriculumSearch, "lr_scaling": LrScalingSearch, "fields": FieldSearch}
-_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}
-
-
-def search_errors(err: ValidationError, raw: dict[str, Any], source: str) -> list[str]:
-    """Pydantic errors as `file: field: problem` lines, like a job's."""
-    kind_model = _KINDS.get(raw.get("kind"))
-    lines = []
-    for item in err.errors(include_url=False):
-        loc = [str(p) for p in item["loc"][1:]]
-        # Drop pydantic's union tags from the path.
-        if loc and loc[0] in _KINDS:
-            loc = loc[1:]
-        if len(loc) >= 3 and loc[0] == "space" and loc[2] in ("choice", "uniform", "loguniform"):
-            loc = loc[:2] + loc[3:]
-        where = ".".join(loc) or "(top level)"
-        kind, got, ctx = item["type"], item.get("input"), item.get("ctx") or {}
-        if kind == "invalid_kind":
-            got_kind = raw.get("kind")
-            lines.append(
-                f"{source}: kind: must be one of {', '.join(SEARCH_KINDS)}, got {got_kind!r}"
-            )
-            continue
-        if kind == "extra_forbidden":
-            allowed = _allowed(loc[:-1], kind_model)
-            text = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
-        elif kind == "missing":
-            text = "required, but missing"
-        elif kind in _BOUNDS:
-            bound = next(iter(ctx.values()), None)
-            text = f"must be {_BOUNDS[kind]} {bound}, got {got!r}"
-        elif kind == "less_than_equal":
-            text = f"must be <= {ctx.get('le')}, got {got!r}"
-        elif kind == "invalid_domain":
-            text = item["msg"] + f", got {got!r}"
-        else:
-            text = item["msg"].removeprefix("Value error, ") + (
-                "" if kind == "value_error" else f", got {got!r}"
-            )
-        if kind == "value_error" and ": " in text and loc == []:
-            where, text = text.split(": ", 1)
-        lines.append(f"{source}: {where}: {text}")
-    return lines
-
-
-def _allowed(loc: list[str], kind_model: type[BaseModel] | None) -> list[str]:
-    if kind_model is None:
-        return []
-    if not loc:
-        return list(kind_model.model_fields)
-    if loc == ["trial"]:
-        return list(TrialResources.model_fields)
-    return []
+        raise ConfigError(format_errors(err, SearchConfig, str(path))) from None

@@ -1,0 +1,660 @@
+"""The job YAML: its schema, loading, command-line overrides and readable errors.
+
+A job is validated here, at the edge, and nowhere else: builders turn the validated
+`JobConfig` into plain arguments for the plan, the data pipeline and the training loop, so
+no component ever reads the job. Every problem is reported as one line naming its YAML path
+(`train.optimizer.lr: must be > 0, got -1`) so a user can fix all of them in one go.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from rayaccel.config.errors import ConfigError, format_errors
+from rayaccel.config.io import apply_overrides, load_curriculum_file, merge_curriculum, read_yaml
+from rayaccel.core.schema import Strict, cross_field_error, number, variant_key_error
+from rayaccel.data.metadata import read_meta
+from rayaccel.methods.registry import METHODS, MethodSpec, method_problems
+from rayaccel.optim.lr_scaling import linear_warmup_epochs_for, rule_exponent, scale_lr
+from rayaccel.optim.registry import OPTIMIZER_NAMES
+
+
+# ---------------------------------------------------------------- data
+class AugmentConfig(Strict):
+    """CPU-side augmentation applied by Ray Data before batches reach the workers."""
+
+    random_crop_padding_px: int = Field(0, ge=0, le=64)
+    horizontal_flip: bool = False
+    # Zeroes one square of this side per image, on the worker (0: off; 8 px for CIFAR).
+    cutout_px: int = Field(0, ge=0, le=1024)
+    # Worker-side augmentation (data.mode: device crops and flips, cutout) shares one random
+    # choice per this many consecutive shuffled samples, as the CIFAR record runs do.
+    samples_per_choice: int = Field(1, ge=1, le=4096)
+
+
+class ParquetData(Strict):
+    """Parquet shards written by `rayaccel data prepare` (local path or pyarrow URI)."""
+
+    source: Literal["parquet"] = "parquet"
+    train: str
+    val: str | None = None
+    # None means: take it from the train split's metadata.json.
+    image_size_px: int | None = Field(None, ge=8, le=4096)
+    channels: Literal[1, 3] | None = None
+    num_classes: int | None = Field(None, ge=2)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    on_bad_row: Literal["fail", "skip"] = "fail"
+    augment: AugmentConfig = AugmentConfig()
+    decode_batch_rows: int = Field(256, ge=1)
+    # classification (one label per image) or segmentation (a class per pixel, `mask`
+    # column); None means: take it from the train split's metadata.json.
+    task: Literal["classification", "segmentation"] | None = None
+    # ray: Ray Data decodes and augments every epoch on CPU tasks; device: each worker decodes
+    # its disjoint part of the splits once, keeps the uint8 pixels on its device and augments
+    # whole batches there (datasets that fit in device memory, e.g. CIFAR or Fashion-MNIST);
+    # an EfficientTrain++ curriculum then down-samples on the worker in either of its modes.
+    mode: Literal["ray", "device"] = "ray"
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, std: list[float] | None) -> list[float] | None:
+        if std is not None and any(s <= 0 for s in std):
+            raise ValueError(f"every std must be > 0, got {std}")
+        return std
+
+
+DataConfig = ParquetData
+
+
+# ---------------------------------------------------------------- model
+class ResNet9Model(Strict):
+    """The built-in myrtle.ai ResNet-9 (METHODS.md section 4)."""
+
+    name: Literal["resnet9"]
+    width_multiplier: float = Field(1.0, gt=0, le=8)
+    activation: Literal["relu", "celu"] = "relu"
+    pool_before_activation: bool = False
+
+
+class TimmModel(Strict):
+    """Any timm model, built with `timm.create_model(name, **kwargs)`.
+
+    For a segmentation data set the model is a timm backbone (`features_only`) with a small
+    FPN neck of `fpn_channels` channels and a per-pixel classifier head
+    (`rayaccel.models.segmentation`).
+    """
+
+    name: str = Field(min_length=1)
+    kwargs: dict[str, Any] = {}
+    # Segmentation only; None means 64.
+    fpn_channels: int | None = Field(None, ge=8, le=1024)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _no_reserved(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        reserved = {"num_classes", "in_chans", "pretrained"} & set(kwargs)
+        if reserved:
+            raise ValueError(
+                f"{sorted(reserved)} are set by rayaccel (num_classes and in_chans come from "
+                "data; pretrained weights cannot be downloaded at run time); remove them"
+            )
+        return kwargs
+
+
+def _model_tag(value: Any) -> str:
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    return "resnet9" if name == "resnet9" else "timm"
+
+
+ModelConfig = Annotated[
+    Annotated[ResNet9Model, Tag("resnet9")] | Annotated[TimmModel, Tag("timm")],
+    Discriminator(_model_tag),
+]
+
+
+# ---------------------------------------------------------------- train
+class OptimizerConfig(Strict):
+    """SGD with Nesterov momentum, AdamW, LARS or LAMB; norms and biases never get weight
+    decay (nor, with LARS and LAMB, a trust ratio)."""
+
+    name: Literal[OPTIMIZER_NAMES] = "sgd"
+    lr: float = Field(gt=0, le=100)
+    # SGD and LARS.
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    # AdamW and LAMB.
+    betas: tuple[float, float] = (0.9, 0.999)
+    # LARS's eta: the per-layer rate is lr * eta * |w| / (|g| + weight_decay * |w|).
+    trust_coefficient: float = Field(0.001, gt=0, le=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"both betas must be in [0, 1), got {list(betas)}")
+        return betas
+
+
+class LrScalingSection(Strict):
+    """How the learning rate follows the global batch (METHODS.md section 6).
+
+    `train.optimizer.lr` is the rate at `base_batch`; the job trains at
+    `lr * (train.global_batch_size / base_batch) ** e` with e = 1 (`linear`, Goyal et al.), 0.5
+    (`sqrt`), `alpha` (`fitted`, from `rayaccel tune` LR-scaling searches) or 0 (`none`, for
+    LARS/LAMB runs tuned at their batch), capped at `lr_max`. With an EfficientTrain++
+    curriculum the same exponent and cap give each Early-Large-Batch stage its rate.
+    `scale_warmup` lengthens `train.schedule.warmup_epochs` by one warmup per doubling of the
+    batch beyond the base (`rayaccel.optim.lr_scaling.linear_warmup_epochs_for`).
+    """
+
+    rule: Literal["linear", "sqrt", "fitted", "none"]
+    base_batch: int = Field(ge=1)
+    alpha: float | None = Field(None, ge=0, le=2)
+    lr_max: float | None = Field(None, gt=0, le=100)
+    scale_warmup: bool = False
+
+    @model_validator(mode="after")
+    def _alpha_with_fitted(self) -> LrScalingSection:
+        if self.rule == "fitted" and self.alpha is None:
+            raise ValueError("rule 'fitted' needs alpha (the exponent an LR-scaling search wrote)")
+        if self.rule != "fitted" and self.alpha is not None:
+            raise ValueError(f"alpha is only used by rule 'fitted', not {self.rule!r}")
+        return self
+
+    @property
+    def exponent(self) -> float:
+        return rule_exponent(self.rule, self.alpha)
+
+
+class CosineSchedule(Strict):
+    """Linear warmup then cosine decay, in epochs."""
+
+    name: Literal["cosine"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    final_fraction: float = Field(0.0, ge=0, le=1)
+
+
+class PiecewiseSchedule(Strict):
+    """Piecewise-linear LR multiplier through (epoch, multiplier) points."""
+
+    name: Literal["piecewise"]
+    points: list[tuple[float, float]] = Field(min_length=2)
+
+    @field_validator("points")
+    @classmethod
+    def _sorted(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        epochs = [p[0] for p in points]
+        if any(later <= earlier for earlier, later in zip(epochs, epochs[1:], strict=False)):
+            raise ValueError(f"epochs must be strictly increasing, got {epochs}")
+        if any(not 0 <= m <= 1 for _, m in points):
+            raise ValueError(
+                "multipliers must be in [0, 1] (they scale train.optimizer.lr), "
+                f"got {[m for _, m in points]}"
+            )
+        return points
+
+
+def _schedule_tag(value: Any) -> str | None:
+    name = value.get("name", "cosine") if isinstance(value, dict) else getattr(value, "name", None)
+    return name if name in ("cosine", "piecewise") else None
+
+
+ScheduleConfig = Annotated[
+    Annotated[CosineSchedule, Tag("cosine")] | Annotated[PiecewiseSchedule, Tag("piecewise")],
+    Discriminator(
+        _schedule_tag,
+        custom_error_type=variant_key_error("name"),
+        custom_error_message="must be 'cosine' or 'piecewise'",
+    ),
+]
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(gt=0, le=100_000)
+    global_batch_size: int = Field(gt=0)
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig = CosineSchedule()
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # NHWC activations and weights: convolutions take their channels-last kernels (tensor
+    # cores under autocast on GPUs, oneDNN's NHWC path on CPUs). Off by default: layers
+    # that `view` NCHW tensors in user models would fail.
+    channels_last: bool = False
+    seed: int = 0
+    eval_every_epochs: int = Field(1, ge=1)
+    log_every_steps: int = Field(20, ge=1)
+    # None: train.optimizer.lr is the rate at train.global_batch_size.
+    lr_scaling: LrScalingSection | None = None
+
+
+def task_problems(job: JobConfig) -> list[str]:
+    """Options that need one label per image, for segmentation jobs (and the reverse)."""
+    task = job.data.task
+    if task is None:
+        return []
+    if task == "classification":
+        if isinstance(job.model, TimmModel) and job.model.fpn_channels is not None:
+            return ["model.fpn_channels: only used with segmentation data (data.task)"]
+        return []
+    problems = []
+    if isinstance(job.model, ResNet9Model):
+        problems.append(
+            "model.name: segmentation needs a timm backbone with features_only support "
+            "(e.g. resnet18), not resnet9"
+        )
+    unsupported = {
+        spec.key: True for spec in METHODS if not spec.segmentation and spec.enabled(job)
+    }
+    unsupported["data.mode"] = job.data.mode == "device"
+    for field, used in unsupported.items():
+        if used:
+            problems.append(
+                f"{field}: not supported with segmentation data yet (it transforms images "
+                "without their masks); remove it"
+                + (" or use data.mode: ray" if field == "data.mode" else "")
+            )
+    return problems
+
+
+# ---------------------------------------------------------------- scaling
+class ScalingSection(Strict):
+    # An integer, or [min, max] for elastic training: Ray Train starts as many workers as the
+    # cluster has room for (at least min), and restarts the group from the latest checkpoint
+    # with more workers when room appears or with fewer after losing a node.
+    num_workers: int | tuple[int, int] = 1
+    use_gpu: bool = False
+    # Ray resources each training worker reserves; None means 1 CPU (plus 1 GPU with use_gpu).
+    resources_per_worker: dict[str, float] | None = None
+    # CPUs each Ray Data decode/augment task reserves; fractions let them share cores.
+    preprocess_cpus: float = Field(1.0, gt=0)
+    # How the workers are placed: PACK (as few nodes as possible), SPREAD (across nodes where
+    # possible), STRICT_PACK (one node) or STRICT_SPREAD (every worker on its own node).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # Elastic ranges only: seconds between checks whether the cluster has room for more workers.
+    resize_check_interval_s: float = Field(60.0, gt=0)
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _count_or_range(cls, value: Any) -> int | tuple[int, int]:
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if is_int(value):
+            if value < 1:
+                raise ValueError(f"must be >= 1, got {value}")
+            return value
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(is_int, value))):
+            raise ValueError(f"must be an integer or a [min, max] range of integers, got {value!r}")
+        low, high = value
+        if low < 1:
+            raise ValueError(f"the range's min must be >= 1, got {list(value)}")
+        if low > high:
+            raise ValueError(f"the range's min must be <= its max, got {list(value)}")
+        return low if low == high else (low, high)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers; the smallest per-worker batch belongs to this world size."""
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def worker_multiple(self) -> int:
+        """Global batches must be multiples of this: every allowed world size divides it."""
+        return math.lcm(*range(self.min_workers, self.max_workers + 1))
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _positive(cls, res: dict[str, float] | None) -> dict[str, float] | None:
+        if res is not None:
+            bad = {k: v for k, v in res.items() if v < 0}
+            if bad:
+                raise ValueError(f"amounts must be >= 0, got {bad}")
+        return res
+
+
+# ---------------------------------------------------------------- run
+class RunSection(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)
+    storage_path: str = "runs"
+    checkpoint_every_epochs: int = Field(1, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1)
+
+    @field_validator("storage_path")
+    @classmethod
+    def _parsable_uri(cls, location: str) -> str:
+        # pyarrow and Ray would fail only once the run starts, with a traceback.
+        if "://" in location and not _URI.fullmatch(location):
+            raise ValueError(
+                "is not a valid URI (characters such as spaces must be percent-encoded, "
+                f"e.g. %20), got {location!r}"
+            )
+        return location
+
+
+# RFC 3986 characters only; the scheme, then anything pyarrow's URI parser accepts.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
+
+
+class _JobCore(Strict):
+    """A whole job: what to train on, what to train, how, on how much, and where to write.
+
+    The methods' sections (`curriculum`, `tricks`, `infobatch`, `agvm`, ...) are added from
+    `rayaccel.methods.registry` to make `JobConfig`; each is off when absent.
+    """
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    scaling: ScalingSection = ScalingSection()
+    run: RunSection
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> _JobCore:
+        problems = []
+        workers = self.scaling.max_workers
+        batch = self.train.global_batch_size
+        multiple = self.scaling.worker_multiple
+        if isinstance(self.scaling.num_workers, tuple) and batch % multiple:
+            problems.append(
+                f"train.global_batch_size: must be a multiple of every worker count "
+                f"scaling.num_workers={list(self.scaling.num_workers)} allows (of {multiple}), "
+                f"got {batch}" + (f" (try {batch - batch % multiple})" if batch > multiple else "")
+            )
+        elif batch < workers:
+            problems.append(
+                f"train.global_batch_size: must be >= scaling.num_workers={workers}, got {batch}"
+            )
+        elif batch % workers:
+            problems.append(
+                f"train.global_batch_size: must be a multiple of scaling.num_workers={workers}, "
+                f"got {batch} (try {batch - batch % workers})"
+            )
+        schedule = self.train.schedule
+        if isinstance(schedule, CosineSchedule) and schedule.warmup_epochs >= self.train.epochs:
+            problems.append(
+                f"train.schedule.warmup_epochs: must be < train.epochs={self.train.epochs}, "
+                f"got {number(schedule.warmup_epochs)}"
+            )
+        if self.train.precision == "fp16" and not self.scaling.use_gpu:
+            problems.append(
+                "train.precision: fp16 needs scaling.use_gpu: true (use bf16 or fp32 on CPU)"
+            )
+        res = self.scaling.resources_per_worker or {}
+        if self.scaling.use_gpu and res.get("GPU", 1) <= 0:
+            problems.append("scaling.resources_per_worker.GPU: must be > 0 when use_gpu is true")
+        for name in ("mean", "std"):
+            values = getattr(self.data, name)
+            if values is not None and self.data.channels and len(values) != self.data.channels:
+                problems.append(
+                    f"data.{name}: needs one value per channel ({self.data.channels}), "
+                    f"got {len(values)}"
+                )
+        if isinstance(schedule, CosineSchedule) and self.train.lr_scaling is not None:
+            warmup = self.warmup_epochs
+            if warmup >= self.train.epochs and self.curriculum is None:
+                problems.append(
+                    f"train.lr_scaling.scale_warmup: makes the warmup {number(warmup)} epochs "
+                    f"at batch {batch}, not < train.epochs={self.train.epochs}; lower "
+                    "train.schedule.warmup_epochs"
+                )
+        scaling = self.train.lr_scaling
+        if (
+            scaling is not None
+            and scaling.lr_max is not None
+            and scaling.lr_max < self.train.optimizer.lr
+            and batch >= scaling.base_batch
+        ):
+            problems.append(
+                f"train.lr_scaling.lr_max: must be >= train.optimizer.lr="
+                f"{self.train.optimizer.lr} (the rate at base_batch), got {scaling.lr_max}"
+            )
+        problems.extend(size_problems(self))
+        problems.extend(method_problems(self))
+        problems.extend(task_problems(self))
+        if problems:
+            raise cross_field_error(problems)
+        return self
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate at train.global_batch_size (train.lr_scaling applied)."""
+        scaling = self.train.lr_scaling
+        if scaling is None:
+            return self.train.optimizer.lr
+        return scale_lr(
+            self.train.optimizer.lr,
+            batch=self.train.global_batch_size,
+            base_batch=scaling.base_batch,
+            rule=scaling.rule,
+            alpha=scaling.alpha,
+            lr_max=scaling.lr_max,
+        )
+
+    @property
+    def warmup_epochs(self) -> float:
+        """train.schedule.warmup_epochs, lengthened by train.lr_scaling.scale_warmup."""
+        schedule = self.train.schedule
+        warmup = getattr(schedule, "warmup_epochs", 0.0)
+        scaling = self.train.lr_scaling
+        if scaling is None or not scaling.scale_warmup:
+            return warmup
+        batch = self.train.global_batch_size
+        return linear_warmup_epochs_for(max(batch, scaling.base_batch), scaling.base_batch, warmup)
+
+
+def size_problems(job: JobConfig) -> list[str]:
+    """Data settings that need `data.image_size_px` (checked again once it is read from the
+    dataset's metadata)."""
+    size_px = job.data.image_size_px
+    padding_px = job.data.augment.random_crop_padding_px
+    if size_px is not None and job.data.mode == "device" and padding_px >= size_px:
+        return [
+            f"data.augment.random_crop_padding_px: must be < data.image_size_px={size_px} "
+            f"with data.mode: device, got {padding_px}"
+        ]
+    return []
+
+
+def _section_field(specs: list[MethodSpec]) -> tuple[Any, Any]:
+    """The annotation and default of one job key from the methods that use it."""
+    if len(specs) == 1 and not specs[0].variants:
+        spec = specs[0]
+        annotation = spec.section if spec.default is not None else spec.section | None
+        return annotation, Field(spec.default, description=spec.summary)
+    variants = {tag: v for spec in specs for tag, v in spec.variants.items()}
+    untagged = next(spec.untagged for spec in specs if spec.untagged is not None)
+
+    def tag_of(value: Any) -> str | None:
+        if isinstance(value, dict):
+            preset = value.get("preset")
+            if preset is None:
+                return untagged(value)
+            return preset if preset in variants else None
+        return getattr(value, "preset", None)
+
+    tags = [repr(tag) for tag in variants]
+    members = [Annotated[v, Tag(tag)] for tag, v in variants.items()]
+    union = Annotated[
+        functools.reduce(operator.or_, members),
+        Discriminator(
+            tag_of,
+            custom_error_type=variant_key_error("preset"),
+            custom_error_message=f"must be {', '.join(tags[:-1])} or {tags[-1]}",
+        ),
+    ]
+    summary = "; ".join(f"{spec.name}: {spec.summary}" for spec in specs)
+    return union | None, Field(None, description=summary)
+
+
+def _method_sections() -> dict[str, tuple[Any, Any]]:
+    """`JobConfig`'s fields of the registered methods; `a.b` keys become section `a`."""
+    by_key: dict[str, list[MethodSpec]] = {}
+    for spec in METHODS:
+        by_key.setdefault(spec.key, []).append(spec)
+    fields: dict[str, tuple[Any, Any]] = {}
+    nested: dict[str, dict[str, tuple[Any, Any]]] = {}
+    for key, specs in by_key.items():
+        section, _, name = key.partition(".")
+        if name:
+            # A nested section sits where its first member's method is registered.
+            fields.setdefault(section, None)
+            nested.setdefault(section, {})[name] = _section_field(specs)
+        else:
+            fields[key] = _section_field(specs)
+    for section, members in nested.items():
+        model = create_model(
+            f"{section.title()}Config",
+            __base__=Strict,
+            __doc__=f"The `{section}:` section; every entry is off unless given.",
+            **members,
+        )
+        fields[section] = (model, model())
+    return fields
+
+
+JobConfig = create_model(
+    "JobConfig",
+    __base__=_JobCore,
+    __doc__=_JobCore.__doc__,
+    __module__=__name__,
+    **_method_sections(),
+)
+TricksConfig = JobConfig.model_fields["tricks"].annotation
+
+
+# ---------------------------------------------------------------- loading
+def parse_job(raw: dict[str, Any], *, source: str = "job") -> JobConfig:
+    """Validates a raw mapping into a `JobConfig`; raises `ConfigError` with every problem."""
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, JobConfig, source)) from None
+
+
+def load_job(
+    path: str | Path,
+    overrides: list[str] = (),
+    *,
+    check_paths: bool = True,
+    curriculum_file: str | Path | None = None,
+) -> JobConfig:
+    """Reads, overrides and validates a job file.
+
+    Args:
+        path: The job YAML.
+        overrides: `section.key=value` strings from the command line.
+        check_paths: Also check that the data folders exist and hold rayaccel metadata,
+            and fill image size, channels, classes and mean/std from it where the job left
+            them out.
+        curriculum_file: A `curriculum:` file written by `rayaccel tune`, applied before the
+            overrides (see `merge_curriculum`).
+    """
+    raw = read_yaml(path)
+    if curriculum_file is not None:
+        raw = merge_curriculum(raw, load_curriculum_file(curriculum_file))
+    raw = apply_overrides(raw, list(overrides))
+    job = parse_job(raw, source=str(path))
+    if check_paths:
+        job = resolve_data(job, source=str(path))
+    return job
+
+
+def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
+    """Checks the data folders and fills data fields the job left to the dataset metadata."""
+    problems = []
+    metas = {}
+    for split in ("train", "val"):
+        location = getattr(job.data, split)
+        if location is None:
+            continue
+        try:
+            metas[split] = read_meta(location)
+        except FileNotFoundError as err:
+            problems.append(f"data.{split}: {err}")
+        except (ValueError, OSError) as err:
+            problems.append(
+                f"data.{split}: {location} is not a prepared dataset folder ({err}); "
+                "make one with `rayaccel data prepare`"
+            )
+    if problems:
+        raise ConfigError([f"{source}: {p}" for p in problems])
+    meta = metas["train"]
+    filled = {}
+    if job.data.image_size_px is None:
+        if meta.image_size is None or meta.image_size[0] != meta.image_size[1]:
+            problems.append(
+                f"data.image_size_px: the images in {job.data.train} are not one square size "
+                f"({meta.image_size}); set data.image_size_px"
+            )
+        else:
+            filled["image_size_px"] = meta.image_size[0]
+    for field, value in (
+        ("channels", meta.channels),
+        ("num_classes", meta.num_classes),
+        ("task", meta.task),
+        ("mean", list(meta.mean)),
+        ("std", list(meta.std)),
+    ):
+        if getattr(job.data, field) is None:
+            filled[field] = value
+    channels = job.data.channels or meta.channels
+    for name in ("mean", "std"):
+        values = getattr(job.data, name) or filled.get(name)
+        if len(values) != channels:
+            problems.append(
+                f"data.{name}: needs one value per channel ({channels}), got {len(values)}"
+            )
+    tasks = {split: m.task for split, m in metas.items()}
+    if "val" in tasks and tasks["val"] != tasks["train"]:
+        problems.append(
+            f"data.val: is a {tasks['val']} data set but data.train is {tasks['train']}"
+        )
+    if job.data.task is not None and job.data.task != tasks["train"]:
+        problems.append(
+            f"data.task: is {job.data.task} but {job.data.train} holds {tasks['train']} data"
+        )
+    if "val" in metas and metas["val"].num_classes > (job.data.num_classes or meta.num_classes):
+        problems.append(
+            f"data.val: has {metas['val'].num_classes} classes but training uses "
+            f"{job.data.num_classes or meta.num_classes}"
+        )
+    if problems:
+        raise ConfigError([f"{source}: {p}" for p in problems])
+    data = job.data.model_copy(update=filled)
+    job = job.model_copy(update={"data": data})
+    if "image_size_px" in filled:
+        problems.extend(size_problems(job))
+        problems.extend(method_problems(job))
+    if "task" in filled:
+        problems.extend(task_problems(job))
+    if problems:
+        raise ConfigError([f"{source}: {p}" for p in problems])
+    return job
+
+
+def dump_job(job: JobConfig) -> str:
+    """The resolved job as YAML (written into every run folder)."""
+    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)

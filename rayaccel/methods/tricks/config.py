@@ -1,0 +1,117 @@
+"""The `tricks:` sections of a job (no torch: the job schema is built from them)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field, field_validator
+
+from rayaccel.core.schema import Strict
+
+if TYPE_CHECKING:
+    from rayaccel.config.job import JobConfig
+
+
+class EmaTrick(Strict):
+    """EMA of the weights: evaluated instead of the live weights and kept in checkpoints."""
+
+    every_steps: int = Field(5, ge=1)
+    momentum: float = Field(0.99, ge=0, lt=1)
+
+
+class TtaTrick(Strict):
+    """Test-time augmentation: evaluation averages logits over flipped/shifted views."""
+
+    flip: bool = True
+    # Adds two diagonal shifts by this many pixels (multi-crop TTA); 0: none.
+    translate_px: int = Field(0, ge=0, le=64)
+
+
+class GhostBnTrick(Strict):
+    """Ghost batch norm: each `virtual_batch_size` slice of a worker's batch normalised alone."""
+
+    virtual_batch_size: int = Field(32, ge=2)
+
+
+class FrozenBnScaleTrick(Strict):
+    """BatchNorm scales fixed at `scale`; BN biases train at `bias_lr_multiplier` x the LR
+    with weight decay divided by `bias_wd_divisor` (64 and 64 in the myrtle.ai recipe)."""
+
+    scale: float = Field(1.0, gt=0)
+    bias_lr_multiplier: float = Field(64.0, gt=0)
+    bias_wd_divisor: float = Field(64.0, gt=0)
+
+
+class WhiteningTrick(Strict):
+    """A fixed PCA-whitening conv of `patch_size` patches, computed from training images, in
+    place of the model's first 3x3 conv (followed by a learnable 1x1 conv)."""
+
+    patch_size: int = Field(3, ge=1, le=7)
+    eps: float = Field(1e-2, gt=0)
+    # Training images the patch covariance is computed from (the first ones of the split).
+    sample_images: int = Field(5000, ge=1)
+
+    @field_validator("patch_size")
+    @classmethod
+    def _odd(cls, size: int) -> int:
+        if size % 2 == 0:
+            raise ValueError(f"must be odd, got {size}")
+        return size
+
+
+class LookaheadTrick(Strict):
+    """Lookahead around the optimizer: every k steps pull the weights alpha of the way to a
+    slow copy."""
+
+    k: int = Field(5, ge=1)
+    alpha: float = Field(0.5, gt=0, le=1)
+
+
+def ghost_bn_problems(job: JobConfig) -> list[str]:
+    ghost = job.tricks.ghost_bn
+    per_worker = job.train.global_batch_size // job.scaling.max_workers
+    if ghost is not None and per_worker % ghost.virtual_batch_size:
+        return [
+            f"tricks.ghost_bn.virtual_batch_size: must divide the per-worker batch {per_worker} "
+            f"(train.global_batch_size over scaling.num_workers), got {ghost.virtual_batch_size}"
+        ]
+    return []
+
+
+def whitening_problems(job: JobConfig) -> list[str]:
+    whitening = job.tricks.whitening
+    if whitening is None:
+        return []
+    problems = []
+    if job.model.name != "resnet9":
+        problems.append(
+            f"tricks.whitening: needs a model whose first layer is a 3x3 stride-1 conv (resnet9); "
+            f"{job.model.name} is not supported"
+        )
+    size_px = job.data.image_size_px
+    if size_px is not None and whitening.patch_size > size_px:
+        problems.append(
+            f"tricks.whitening.patch_size: must be <= data.image_size_px={size_px}, "
+            f"got {whitening.patch_size}"
+        )
+    return problems
+
+
+def alternating_flip_problems(job: JobConfig) -> list[str]:
+    if job.tricks.alternating_flip and not job.data.augment.horizontal_flip:
+        return [
+            "tricks.alternating_flip: alternates horizontal flips; set "
+            "data.augment.horizontal_flip: true"
+        ]
+    return []
+
+
+def tta_problems(job: JobConfig) -> list[str]:
+    tta = job.tricks.tta
+    size_px = job.data.image_size_px
+    if tta is not None and size_px is not None and tta.translate_px >= size_px:
+        return [
+            f"tricks.tta.translate_px: must be < data.image_size_px={size_px}, "
+            f"got {tta.translate_px}"
+        ]
+    return []
