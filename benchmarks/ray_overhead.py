@@ -92,26 +92,25 @@ def plain_epochs(job, images, labels) -> tuple[list[float], list[float]]:
     import torch.nn.functional as F
 
     from rayaccel.models import build_model
-    from rayaccel.optim.build import build_optimizer
-    from rayaccel.optim.registry import OptimizerHyperparameters
+    from rayaccel.optim.build import build_optimizer, set_lr
     from rayaccel.train.loop import in_memory_format
     from rayaccel.train.runner import build_run
 
-    plan, settings = build_run(job)
-    torch.set_num_threads(settings.torch_threads)
-    torch.manual_seed(settings.seed)
+    plan, spec = build_run(job)
+    torch.set_num_threads(spec.loop.torch_threads)
+    torch.manual_seed(spec.loop.seed)
     model = build_model(
-        settings.model_name,
-        num_classes=settings.num_classes,
-        in_chans=settings.in_chans,
-        **settings.model_kwargs,
+        spec.model.name,
+        num_classes=spec.model.num_classes,
+        in_chans=spec.model.in_chans,
+        **spec.model.kwargs,
     )
-    if settings.channels_last:
+    if spec.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, OptimizerHyperparameters(**settings.optimizer))
-    mean = torch.tensor(settings.mean).view(1, -1, 1, 1) * 255
-    std = torch.tensor(settings.std).view(1, -1, 1, 1) * 255
-    order = torch.Generator().manual_seed(settings.seed)
+    optimizer = build_optimizer(model, spec.optimizer)
+    mean = torch.tensor(spec.data.mean).view(1, -1, 1, 1) * 255
+    std = torch.tensor(spec.data.std).view(1, -1, 1, 1) * 255
+    order = torch.Generator().manual_seed(spec.loop.seed)
     times_s, cpu_s = [], []
     for epoch in range(plan.total_epochs):
         stage = plan.stage_of(epoch)
@@ -121,15 +120,17 @@ def plain_epochs(job, images, labels) -> tuple[list[float], list[float]]:
         cpu_started_s = time.process_time()
         permutation = torch.randperm(len(labels), generator=order)
         for step in range(stage.steps_per_epoch):
-            lr = plan.lr_at(epoch, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+            set_lr(optimizer, plan.lr_at(epoch, step))
             chosen = permutation[step * batch : (step + 1) * batch]
             # The layout the rayaccel loop gives its inputs: the decoded array's own strides
             # would silently pick the other convolution kernels for grey images.
-            inputs = in_memory_format((images[chosen].float() - mean) / std, settings.channels_last)
+            inputs = in_memory_format(
+                (images[chosen].float() - mean) / std, spec.model.channels_last
+            )
             logits = model(inputs)
-            loss = F.cross_entropy(logits, labels[chosen], label_smoothing=settings.label_smoothing)
+            loss = F.cross_entropy(
+                logits, labels[chosen], label_smoothing=spec.loop.label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -10,8 +10,9 @@ from torch import nn
 
 from rayaccel.methods.agvm.hook import AgvmHook
 from rayaccel.methods.agvm.patterns import DEFAULT_CLASSIFIER_PATTERNS
-from rayaccel.methods.base import StepBatch
-from rayaccel.train import recipe
+from rayaccel.methods.base import MethodHooks, StepBatch
+from rayaccel.optim.registry import OptimizerHyperparameters
+from rayaccel.train.loop import setup_optimizer
 
 
 class _Net(nn.Module):
@@ -27,15 +28,13 @@ class _Net(nn.Module):
 def _setup(optimizer_name="sgd", **agvm):
     torch.manual_seed(0)
     model = _Net()
-    optimizer, layout = recipe.build_recipe_optimizer(
-        model,
-        {"name": optimizer_name, "lr": 0.1, "weight_decay": 1e-4},
-        bn_bias=None,
-        lookahead=None,
-        agvm_components=DEFAULT_CLASSIFIER_PATTERNS,
-    )
     settings = {"start_step": 0, "interval": 1, "momentum": 0.0, "clip": (0.5, 10.0), "eps": 1e-6}
-    hook = AgvmHook(*layout, optimizer_name=optimizer_name, **{**settings, **agvm})
+    hook = AgvmHook(
+        DEFAULT_CLASSIFIER_PATTERNS, optimizer_name=optimizer_name, **{**settings, **agvm}
+    )
+    # The trainer's own setup: AGVM splits the groups at its `param_groups` point.
+    hyper = OptimizerHyperparameters(name=optimizer_name, lr=0.1, weight_decay=1e-4)
+    optimizer = setup_optimizer(hyper, model, MethodHooks([hook]))
     return model, optimizer, hook
 
 
@@ -91,7 +90,7 @@ def test_half_batch_step_leaves_the_full_batch_gradient_and_measures_mu():
     # The step's base rates, then mu on the head's groups only.
     for group in optimizer.param_groups:
         group["lr"] = 0.1
-    hook.scale_lrs(optimizer)
+    hook.before_step(optimizer)
     head = {id(p) for p in model.head.parameters()}
     for group in optimizer.param_groups:
         expected = 0.1 * (mu["head"] if id(group["params"][0]) in head else 1.0)
@@ -100,13 +99,21 @@ def test_half_batch_step_leaves_the_full_batch_gradient_and_measures_mu():
 
 def test_steps_interval_metrics_and_checkpoint_state():
     model, optimizer, hook = _setup(start_step=2, interval=3, momentum=0.97)
+    batch = _batch()
     due = []
-    for _ in range(9):
+    for _ in range(8):
         due.append(hook.due())
         hook.after_step()
+    due.append(hook.due())
     assert due == [False, False, True, False, False, True, False, False, True]
-    batch = _batch()
-    hook.backward(model, _loss_of_rows(model, batch, []), batch.images, optimizer, lambda x: x)
+    # The hook owns the backward pass only when a measurement is due (step 8 here).
+    assert hook.backward(
+        model, _loss_of_rows(model, batch, []), batch.images, optimizer, lambda x: x
+    )
+    hook.after_step()
+    assert not hook.backward(
+        model, _loss_of_rows(model, batch, []), batch.images, optimizer, lambda x: x
+    )
     metrics = hook.on_epoch_end()
     assert metrics["agvm/measurements"] == 1 and "agvm/mu/head" in metrics
     assert hook.on_epoch_end()["agvm/measurements"] == 0
@@ -129,7 +136,7 @@ def test_every_optimizer_trains_with_agvm(optimizer_name):
         )
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"]
-        hook.scale_lrs(optimizer)
+        hook.before_step(optimizer)
         optimizer.step()
         hook.after_step()
         loss = torch.cat(outputs).mean().item()

@@ -9,7 +9,8 @@ import torch
 
 from rayaccel.data.pipeline import DecodeSpec, decode_batch
 from rayaccel.data.randaugment import rand_augment
-from rayaccel.methods.base import StepBatch
+from rayaccel.methods.base import StepBatch, WorkerContext
+from rayaccel.methods.etpp.config import EtppSettings
 from rayaccel.methods.etpp.frequency import lowpass_crop, resize_antialias
 from rayaccel.methods.etpp.lowpass import LowPassCropHook
 from rayaccel.methods.etpp.replay import ReplayHook
@@ -28,25 +29,33 @@ def uint8_batch(n, px=28, first_index=0):
     return StepBatch(images, indices % 10, indices)
 
 
-def test_hook_order_puts_the_crop_before_replay():
-    hooks = build_hooks(
-        lowpass_mode="fft",
-        replay_capacity_samples=64,
-        replay_dtype="fp16",
+def _context() -> WorkerContext:
+    return WorkerContext(
+        rank=0,
+        world_size=1,
         device=torch.device("cpu"),
         seed=0,
+        num_classes=10,
+        optimizer_name="sgd",
+        resources={},
+        training_images=None,
     )
-    assert [type(h) for h in hooks.hooks] == [LowPassCropHook, ReplayHook]
-    assert (
-        build_hooks(
-            lowpass_mode="resize",
-            replay_capacity_samples=0,
-            replay_dtype="uint8",
-            device=torch.device("cpu"),
-            seed=0,
-        ).hooks
-        == []
+
+
+def _etpp_hooks(mode: str, *, crop_on_worker: bool, capacity: int, dtype: str) -> list:
+    settings = EtppSettings(
+        lowpass_mode=mode,
+        crop_on_worker=crop_on_worker,
+        replay_capacity_samples=capacity,
+        replay_dtype=dtype,
     )
+    return build_hooks([("etpp", settings)], _context()).hooks
+
+
+def test_hook_order_puts_the_crop_before_replay():
+    hooks = _etpp_hooks("fft", crop_on_worker=True, capacity=64, dtype="fp16")
+    assert [type(h) for h in hooks] == [LowPassCropHook, ReplayHook]
+    assert _etpp_hooks("resize", crop_on_worker=False, capacity=0, dtype="uint8") == []
 
 
 def test_lowpass_hook_crops_inputs_to_the_stage_resolution():
@@ -61,14 +70,9 @@ def test_lowpass_hook_crops_inputs_to_the_stage_resolution():
 
 def test_device_resident_data_resizes_on_the_worker_before_replay():
     def hooks(data_on_device):
-        return build_hooks(
-            lowpass_mode="resize",
-            data_on_device=data_on_device,
-            replay_capacity_samples=64,
-            replay_dtype="uint8",
-            device=torch.device("cpu"),
-            seed=0,
-        ).hooks
+        # What `EtppSettings` says for resize mode: Ray Data resizes unless the data is on
+        # the device.
+        return _etpp_hooks("resize", crop_on_worker=data_on_device, capacity=64, dtype="uint8")
 
     assert [type(h) for h in hooks(False)] == [ReplayHook]
     on_device = hooks(True)

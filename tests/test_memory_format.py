@@ -57,11 +57,11 @@ def test_a_channels_last_model_computes_what_the_nchw_one_does():
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
 
 
-def test_job_field_reaches_the_loop_settings():
-    _, settings = build_run(_job())
-    assert settings.channels_last is True  # jobs/fashion-mnist-fast.yaml sets it
-    _, settings = build_run(_job({"train.channels_last": False}))
-    assert settings.channels_last is False
+def test_job_field_reaches_the_worker_spec():
+    _, spec = build_run(_job())
+    assert spec.model.channels_last is True  # jobs/fashion-mnist-fast.yaml sets it
+    _, spec = build_run(_job({"train.channels_last": False}))
+    assert spec.model.channels_last is False
     raw = yaml.safe_load((REPO_ROOT / "jobs" / "quickstart.yaml").read_text())
     assert "channels_last" not in raw["train"]
     assert parse_job(raw, source="quickstart.yaml").train.channels_last is False  # the default

@@ -159,10 +159,11 @@ def test_timm_drop_path_is_built_at_the_largest_rate_and_set_per_stage():
     raw["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
     raw.update(model={"name": "resnet18"}, curriculum=curriculum)
     job = resolve_data(parse_job(raw))
-    plan, settings = build_run(job)
-    assert settings.model_kwargs == {"drop_path_rate": 0.2}
-    model = build_model("resnet18", num_classes=10, in_chans=1, **settings.model_kwargs)
-    hook = RegularisationHook(model, num_classes=10, seed=0)
+    plan, spec = build_run(job)
+    assert spec.model.kwargs == {"drop_path_rate": 0.2}
+    model = build_model("resnet18", num_classes=10, in_chans=1, **spec.model.kwargs)
+    hook = RegularisationHook(num_classes=10, seed=0)
+    hook.attach(model)
     drop_paths = [m for m in model.modules() if type(m).__name__ == "DropPath"]
     hook.on_stage_start(plan.stages[0])
     assert model.drop_rate == pytest.approx(0.1)

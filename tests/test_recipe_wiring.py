@@ -14,15 +14,26 @@ from torch import nn
 from rayaccel.config import ConfigError, parse_job, resolve_data
 from rayaccel.data.device import load_device_dataset, worker_rows
 from rayaccel.data.pipeline import DecodeSpec
-from rayaccel.methods.base import StepBatch
-from rayaccel.methods.ordering import build_hooks
+from rayaccel.methods.base import MethodHooks, StepBatch, WorkerContext
+from rayaccel.methods.tricks.config import (
+    DiracInitSettings,
+    EmaSettings,
+    FrozenBnScaleSettings,
+    GhostBnSettings,
+    LookaheadSettings,
+    TtaSettings,
+    WhiteningSettings,
+)
 from rayaccel.methods.tricks.ema import EmaHook
 from rayaccel.methods.tricks.ghost_bn import GhostBatchNorm2d
+from rayaccel.methods.tricks.tta import TtaHook
+from rayaccel.methods.tricks.whitening import WhiteningHook
 from rayaccel.methods.tricks.worker_augment import WorkerAugmentHook
 from rayaccel.models import build_model
 from rayaccel.optim.lookahead import Lookahead
-from rayaccel.train import recipe
+from rayaccel.train.loop import setup_hooks, setup_optimizer, training_images
 from rayaccel.train.runner import build_run
+from rayaccel.train.spec import WorkerAugmentSpec
 
 FAST_JOB = yaml.safe_load((REPO_ROOT / "jobs" / "fashion-mnist-fast.yaml").read_text())
 FAST_JOB["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
@@ -39,6 +50,20 @@ def _job(changes: dict | None = None, *, resolve: bool = True):
         node[last] = value
     job = parse_job(raw, source="fast.yaml")
     return resolve_data(job, source="fast.yaml") if resolve else job
+
+
+def _context(spec) -> WorkerContext:
+    """A worker's context as the trainer makes it (rank 0 of 2, on the CPU)."""
+    return WorkerContext(
+        rank=0,
+        world_size=2,
+        device=torch.device("cpu"),
+        seed=spec.loop.seed,
+        num_classes=spec.model.num_classes,
+        optimizer_name=spec.optimizer.name,
+        resources={},
+        training_images=lambda count: training_images(spec.data, count),
+    )
 
 
 def _problems(changes: dict) -> list[str]:
@@ -102,56 +127,45 @@ def test_unknown_trick_lists_the_allowed_ones():
     )
 
 
-def test_fast_job_settings_are_plain_and_complete():
-    _, settings = build_run(_job())
-    assert settings.data_mode == "device"
-    assert settings.data_source["train"] == str(FIXTURE_TRAIN)
-    assert settings.worker_augment == {
-        "crop_padding_px": 2,
-        "flip": "alternating",
-        "cutout_px": 0,
-        "samples_per_choice": 1,
+def test_fast_job_spec_is_plain_and_complete():
+    _, spec = build_run(_job())
+    assert spec.data.mode == "device"
+    assert spec.data.train == str(FIXTURE_TRAIN)
+    assert spec.data.worker_augment == WorkerAugmentSpec(
+        crop_padding_px=2, flip="alternating", cutout_px=0, samples_per_choice=1
+    )
+    assert dict(spec.methods) == {
+        "ema": EmaSettings(momentum=0.99, every_steps=5),
+        "tta": TtaSettings(flip=True, translate_px=0),
+        "ghost_bn": GhostBnSettings(virtual_batch_size=32),
+        "frozen_bn_scale": FrozenBnScaleSettings(
+            scale=1.0, bias_lr_multiplier=64.0, bias_wd_divisor=64.0
+        ),
+        "whitening": WhiteningSettings(patch_size=3, eps=0.01, sample_images=5000),
+        "dirac_init": DiracInitSettings(),
+        "lookahead": LookaheadSettings(k=5, alpha=0.5),
     }
-    assert settings.model_tricks == {
-        "dirac_init": True,
-        "ghost_bn_virtual_batch": 32,
-        "frozen_bn_scale": 1.0,
-    }
-    assert settings.whitening == {"patch_size": 3, "eps": 0.01, "sample_images": 5000}
-    assert settings.bn_bias == {"bias_lr_multiplier": 64.0, "bias_wd_divisor": 64.0}
-    assert settings.lookahead == {"k": 5, "alpha": 0.5}
-    assert settings.ema == {"every_steps": 5, "momentum": 0.99}
-    assert settings.tta == {"flip": True, "translate_px": 0}
-    assert settings.model_kwargs["activation"] == "celu"
-    assert settings.model_kwargs["pool_before_activation"] is True
+    assert spec.model.kwargs["activation"] == "celu"
+    assert spec.model.kwargs["pool_before_activation"] is True
 
 
 def test_ray_mode_keeps_crops_in_ray_data_and_moves_only_alternating_flips():
     job = _job({"data.mode": "ray", "data.augment.cutout_px": 6})
-    _, settings = build_run(job)
-    assert settings.worker_augment == {
-        "crop_padding_px": 0,
-        "flip": "alternating",
-        "cutout_px": 6,
-        "samples_per_choice": 1,
-    }
+    _, spec = build_run(job)
+    assert spec.data.worker_augment == WorkerAugmentSpec(
+        crop_padding_px=0, flip="alternating", cutout_px=6, samples_per_choice=1
+    )
     plain = _job({"data.mode": "ray", "tricks": {}})
-    assert build_run(plain)[1].worker_augment is None
+    assert build_run(plain)[1].data.worker_augment is None
 
 
 def test_the_model_gets_every_trick_and_the_optimizer_its_groups():
-    _, settings = build_run(_job())
+    _, spec = build_run(_job())
     torch.manual_seed(0)
-    model = build_model(settings.model_name, num_classes=10, in_chans=1, **settings.model_kwargs)
+    hooks = setup_hooks(spec, _context(spec))
+    model = build_model(spec.model.name, num_classes=10, in_chans=1, **spec.model.kwargs)
     original_conv = model.layer1[0][0]
-    model = recipe.transform_model(
-        model,
-        settings.model_tricks,
-        whitening=settings.whitening,
-        source=settings.data_source,
-        mean=settings.mean,
-        std=settings.std,
-    )
+    model = hooks.transform_model(model)  # what `setup_model` does after building it
     whiten, mix = model.prep[0]
     assert whiten.weight.shape == (9, 1, 3, 3) and not whiten.weight.requires_grad
     assert mix.kernel_size == (1, 1) and mix.out_channels == 16
@@ -165,9 +179,7 @@ def test_the_model_gets_every_trick_and_the_optimizer_its_groups():
     assert all(m.virtual_batch_size == 32 and not m.weight.requires_grad for m in norms)
     assert all(torch.all(m.weight == 1) for m in norms)
 
-    optimizer, _ = recipe.build_recipe_optimizer(
-        model, settings.optimizer, bn_bias=settings.bn_bias, lookahead=settings.lookahead
-    )
+    optimizer = setup_optimizer(spec.optimizer, model, hooks)
     assert isinstance(optimizer, Lookahead) and optimizer.k == 5
     scales = {g["lr_scale"]: g for g in optimizer.param_groups if g["params"]}
     bn_biases = {id(m.bias) for m in norms}
@@ -184,19 +196,13 @@ def test_the_model_gets_every_trick_and_the_optimizer_its_groups():
 
 
 def test_whitening_decorrelates_the_training_patches():
-    _, settings = build_run(_job())
-    images = recipe.whitening_sample(
-        settings.data_source, sample_images=500, mean=settings.mean, std=settings.std
-    )
+    _, spec = build_run(_job())
+    images = training_images(spec.data, 500)
     model = build_model("resnet9", num_classes=10, in_chans=1, width_multiplier=0.25)
-    recipe.transform_model(
-        model,
-        {},
-        whitening={"patch_size": 3, "eps": 1e-2, "sample_images": 500},
-        source=settings.data_source,
-        mean=settings.mean,
-        std=settings.std,
+    hook = WhiteningHook(
+        patch_size=3, eps=1e-2, sample_images=500, training_images=lambda n: images[:n]
     )
+    hook.transform_model(model)
     whiten = model.prep[0][0]
     with torch.no_grad():
         out = nn.functional.conv2d(images, whiten.weight)  # interior patches only
@@ -302,14 +308,8 @@ def test_device_mode_augmentation_crops_flips_and_cuts_out_on_the_worker():
 def test_ema_hook_averages_swaps_for_evaluation_and_checkpoints():
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
-    hooks = build_hooks(
-        lowpass_mode=None,
-        replay_capacity_samples=0,
-        replay_dtype="uint8",
-        device=torch.device("cpu"),
-        seed=0,
-        ema=EmaHook(model, momentum=0.99, every_steps=2),
-    )
+    hooks = MethodHooks([EmaHook(momentum=0.99, every_steps=2)])
+    hooks.attach(model)
     start = model.weight.detach().clone()
     for _ in range(4):
         with torch.no_grad():
@@ -324,7 +324,8 @@ def test_ema_hook_averages_swaps_for_evaluation_and_checkpoints():
     assert torch.equal(model.weight, live)
     state = hooks.state_dict()["EmaHook"]
     assert state["steps"] == 4 and state["ema"]["num_updates"] == 2
-    fresh = EmaHook(nn.Linear(4, 2), momentum=0.99, every_steps=2)
+    fresh = EmaHook(momentum=0.99, every_steps=2)
+    fresh.attach(nn.Linear(4, 2))
     fresh.load_state_dict(state)
     assert torch.allclose(fresh.ema.averaged["weight"], expected) and fresh.steps == 4
     assert hooks.on_epoch_end() == {"ema/updates": 2}
@@ -351,7 +352,8 @@ def test_tta_evaluation_averages_the_flipped_view():
     args = (LeftHalf(), Shard(), mean, std, torch.device("cpu"), 2)
     task = ClassificationTask(num_classes=2)
     plain = evaluate(*args, resolution_px=4, task=task)
-    tta = evaluate(*args, resolution_px=4, task=task, tta={"flip": True, "translate_px": 0})
+    predict = MethodHooks([TtaHook(flip=True, translate_px=0)]).predict
+    tta = evaluate(*args, resolution_px=4, task=task, predict=predict)
     # Averaged with its mirror, each image's two logits are equal: argmax picks class 0.
     assert plain["acc"] == 0.5 and tta["acc"] == 0.5
     assert tta["loss"] == pytest.approx(torch.log(torch.tensor(2.0)).item())

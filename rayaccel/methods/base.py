@@ -1,6 +1,15 @@
 """The named points where speed-up methods plug into the training loop.
 
-The loop reads top to bottom and calls, in this order:
+The trainer calls, while it sets up (in this order):
+
+    transform_model(model)     the freshly built bare model -> the model to train (before DDP:
+                               whitening, Dirac init, ghost BN, frozen BN scales)
+    param_groups(model, groups, lr, weight_decay)   the optimizer's groups -> groups
+                               (frozen-BN bias groups, then AGVM's split by component)
+    wrap_optimizer(optimizer)  the built optimizer -> the one to step (lookahead)
+    attach(model)              the bare model, trained from here (EMA copies it)
+
+and then, reading top to bottom:
 
     on_stage_start(stage)      a new plan stage begins (also on resume in the middle of one)
     on_epoch_start(epoch)      before the first batch of an epoch
@@ -8,14 +17,17 @@ The loop reads top to bottom and calls, in this order:
     on_inputs(batch)           after normalisation, float32, before autocast
                                (low-pass crop, then replay with an fp16 buffer; later mixup)
     on_loss(losses, batch)     per-sample losses -> per-sample losses to average (InfoBatch)
+    backward(...) -> bool      owns the step's backward pass (AGVM's two half-batch passes)
+    before_step(optimizer)     after the step's rates are set, before it (AGVM's multipliers)
     after_step()               after the optimizer step (EMA)
     on_epoch_end() -> dict     namespaced metrics, e.g. {"replay/buffer_samples": 4096}
     state_dict() / load_state_dict(state)   checkpointed with the model (rank 0's copy)
     evaluation_weights()       a context the loop evaluates in (EMA swaps its weights in)
+    predict(net, inputs)       evaluation logits, or None for the plain forward pass (TTA)
 
 A method subclasses `Hook` and overrides only the points it needs; each point passes through
-every hook in the order `build_hooks` gives, which is where ordering rules between methods
-live. Hooks get plain arguments from the runner and never read the job.
+every hook in the order `rayaccel.methods.ordering` gives, which is where the ordering rules
+between methods live. Hooks get typed settings built on the driver and never read the job.
 """
 
 from __future__ import annotations
@@ -54,8 +66,47 @@ class StepBatch:
         )
 
 
+@dataclass(frozen=True)
+class WorkerContext:
+    """What every method's hook factory may use on a worker, besides its own settings.
+
+    Attributes:
+        rank, world_size: This worker and its group.
+        device: The worker's device.
+        seed: The job's seed (per-worker streams derive from it: `rayaccel.core.seeds`).
+        num_classes: Classes of the task (mixup's one-hot targets).
+        optimizer_name: The job's optimizer (AGVM preconditions Adam-type gradients).
+        resources: Driver-side objects handed to the workers, e.g. InfoBatch's score board.
+        training_images: `training_images(n)`: the first `n` training images, normalised,
+            float32 on the CPU, read the same way on every worker.
+    """
+
+    rank: int
+    world_size: int
+    device: Any
+    seed: int
+    num_classes: int
+    optimizer_name: str
+    resources: dict[str, Any]
+    training_images: Any
+
+
 class Hook:
-    """A method's view of the loop; every point defaults to doing nothing."""
+    """A method's view of the trainer; every point defaults to doing nothing."""
+
+    def transform_model(self, model: Any) -> Any:
+        return model
+
+    def param_groups(
+        self, model: Any, groups: list[dict], *, lr: float, weight_decay: float
+    ) -> list[dict]:
+        return groups
+
+    def wrap_optimizer(self, optimizer: Any) -> Any:
+        return optimizer
+
+    def attach(self, model: Any) -> None:
+        """`model` is the bare (not DDP-wrapped) model the run trains."""
 
     def on_stage_start(self, stage: Any) -> None:
         """`stage` is a `rayaccel.plan.StagePlan` (resolution_px, replay_factor, ...)."""
@@ -76,6 +127,20 @@ class Hook:
     def on_loss(self, losses: Tensor, batch: StepBatch) -> Tensor:
         return losses
 
+    def backward(
+        self, model: Any, loss_of_rows: Any, inputs: Tensor, optimizer: Any, scale_loss: Any
+    ) -> bool:
+        """Runs the step's backward pass itself and returns True, or returns False.
+
+        `loss_of_rows(images, rows)` runs the forward pass on those rows of the step's batch
+        (all rows with `rows=None`) and returns their mean loss; `scale_loss` is the grad
+        scaler's `scale`.
+        """
+        return False
+
+    def before_step(self, optimizer: Any) -> None:
+        pass
+
     def after_step(self) -> None:
         pass
 
@@ -92,12 +157,37 @@ class Hook:
         """Context the loop evaluates in (EMA swaps its averaged weights in)."""
         return nullcontext()
 
+    def predict(self, net: Any, inputs: Tensor) -> Tensor | None:
+        """Evaluation logits of `inputs`, or None to leave them to the plain forward pass."""
+        return None
+
 
 class MethodHooks:
     """Calls every hook at each point, in order; the loop holds one of these."""
 
     def __init__(self, hooks: list[Hook]):
         self.hooks = list(hooks)
+
+    def transform_model(self, model: Any) -> Any:
+        for hook in self.hooks:
+            model = hook.transform_model(model)
+        return model
+
+    def param_groups(
+        self, model: Any, groups: list[dict], *, lr: float, weight_decay: float
+    ) -> list[dict]:
+        for hook in self.hooks:
+            groups = hook.param_groups(model, groups, lr=lr, weight_decay=weight_decay)
+        return groups
+
+    def wrap_optimizer(self, optimizer: Any) -> Any:
+        for hook in self.hooks:
+            optimizer = hook.wrap_optimizer(optimizer)
+        return optimizer
+
+    def attach(self, model: Any) -> None:
+        for hook in self.hooks:
+            hook.attach(model)
 
     def on_stage_start(self, stage: Any) -> None:
         for hook in self.hooks:
@@ -127,6 +217,18 @@ class MethodHooks:
             losses = hook.on_loss(losses, batch)
         return losses
 
+    def backward(
+        self, model: Any, loss_of_rows: Any, inputs: Tensor, optimizer: Any, scale_loss: Any
+    ) -> bool:
+        """True when a hook ran the backward pass (the first that wants to)."""
+        return any(
+            hook.backward(model, loss_of_rows, inputs, optimizer, scale_loss) for hook in self.hooks
+        )
+
+    def before_step(self, optimizer: Any) -> None:
+        for hook in self.hooks:
+            hook.before_step(optimizer)
+
     def after_step(self) -> None:
         for hook in self.hooks:
             hook.after_step()
@@ -149,3 +251,11 @@ class MethodHooks:
         for hook in self.hooks:
             stack.enter_context(hook.evaluation_weights())
         return stack
+
+    def predict(self, net: Any, inputs: Tensor) -> Tensor:
+        """The first hook's evaluation logits, else the plain forward pass's (as float32)."""
+        for hook in self.hooks:
+            logits = hook.predict(net, inputs)
+            if logits is not None:
+                return logits
+        return net(inputs).float()

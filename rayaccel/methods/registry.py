@@ -9,11 +9,14 @@ import it.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayaccel.methods.agvm import config as agvm
 from rayaccel.methods.agvm.config import AgvmSection, agvm_problems
+from rayaccel.methods.etpp import config as etpp
 from rayaccel.methods.etpp.config import (
     CustomCurriculum,
     EtppCurriculum,
@@ -21,8 +24,11 @@ from rayaccel.methods.etpp.config import (
     lr_rule_problems,
     untagged_preset,
 )
+from rayaccel.methods.infobatch import config as infobatch
 from rayaccel.methods.infobatch.config import InfoBatchSection, infobatch_problems
+from rayaccel.methods.progressive import config as progressive
 from rayaccel.methods.progressive.config import ProgressiveCurriculum, progressive_problems
+from rayaccel.methods.tricks import config as tricks
 from rayaccel.methods.tricks.config import (
     EmaTrick,
     FrozenBnScaleTrick,
@@ -54,6 +60,13 @@ class MethodSpec:
             they return nothing when the method is off.
         segmentation: Works on segmentation data (it transforms masks with their images).
         summary: One line on what it does.
+        settings: `settings(job, plan)`: the plain typed settings a worker gets (an instance
+            of `settings_type`), or None when the job does not use the method.
+        settings_type: Their dataclass (a worker rebuilds them from a dict by it).
+        hooks: `module:function` of `hooks_for(settings, context) -> list[Hook]`, imported
+            on the workers only, so the schema stays free of torch.
+        model_kwargs: `model_kwargs(job, plan)`: keyword arguments the method adds to the
+            model's construction (progressive learning's largest drop-path rate).
     """
 
     name: str
@@ -65,6 +78,15 @@ class MethodSpec:
     checks: tuple[Callable[[Any], list[str]], ...] = ()
     segmentation: bool = True
     summary: str = ""
+    settings: Callable[[Any, Any], Any] | None = None
+    settings_type: type | None = None
+    hooks: str | None = None
+    model_kwargs: Callable[[Any, Any], dict[str, Any]] | None = None
+
+    def hook_factory(self) -> Callable[[Any, Any], list]:
+        """`hooks_for(settings, context)` of the method, imported on the worker (torch)."""
+        module, attribute = self.hooks.split(":")
+        return getattr(importlib.import_module(module), attribute)
 
     def enabled(self, job: Any) -> bool:
         """Whether `job` (a validated `JobConfig`) uses this method."""
@@ -85,6 +107,9 @@ METHODS: tuple[MethodSpec, ...] = (
         checks=(curriculum_problems, lr_rule_problems),
         segmentation=False,
         summary="EfficientTrain++: low-frequency crops and RandAugment ramp over compute stages",
+        settings=etpp.worker_settings,
+        settings_type=etpp.EtppSettings,
+        hooks="rayaccel.methods.etpp.hooks:hooks_for",
     ),
     MethodSpec(
         "progressive",
@@ -93,8 +118,20 @@ METHODS: tuple[MethodSpec, ...] = (
         checks=(progressive_problems,),
         segmentation=False,
         summary="EfficientNetV2 progressive resizing with adaptive regularisation",
+        settings=progressive.worker_settings,
+        settings_type=progressive.ProgressiveSettings,
+        hooks="rayaccel.methods.progressive.hook:hooks_for",
+        model_kwargs=progressive.model_kwargs,
     ),
-    MethodSpec("ema", key="tricks.ema", section=EmaTrick, summary="EMA of the weights"),
+    MethodSpec(
+        "ema",
+        key="tricks.ema",
+        section=EmaTrick,
+        summary="EMA of the weights",
+        settings=tricks.ema_settings,
+        settings_type=tricks.EmaSettings,
+        hooks="rayaccel.methods.tricks.ema:hooks_for",
+    ),
     MethodSpec(
         "tta",
         key="tricks.tta",
@@ -102,6 +139,9 @@ METHODS: tuple[MethodSpec, ...] = (
         checks=(tta_problems,),
         segmentation=False,
         summary="test-time augmentation",
+        settings=tricks.tta_settings,
+        settings_type=tricks.TtaSettings,
+        hooks="rayaccel.methods.tricks.tta:hooks_for",
     ),
     MethodSpec(
         "ghost_bn",
@@ -109,12 +149,18 @@ METHODS: tuple[MethodSpec, ...] = (
         section=GhostBnTrick,
         checks=(ghost_bn_problems,),
         summary="ghost batch norm",
+        settings=tricks.ghost_bn_settings,
+        settings_type=tricks.GhostBnSettings,
+        hooks="rayaccel.methods.tricks.ghost_bn:hooks_for",
     ),
     MethodSpec(
         "frozen_bn_scale",
         key="tricks.frozen_bn_scale",
         section=FrozenBnScaleTrick,
         summary="fixed BN scales, fast BN biases",
+        settings=tricks.frozen_bn_scale_settings,
+        settings_type=tricks.FrozenBnScaleSettings,
+        hooks="rayaccel.methods.tricks.frozen_bn:hooks_for",
     ),
     MethodSpec(
         "whitening",
@@ -123,6 +169,9 @@ METHODS: tuple[MethodSpec, ...] = (
         checks=(whitening_problems,),
         segmentation=False,
         summary="a fixed PCA-whitening first layer",
+        settings=tricks.whitening_settings,
+        settings_type=tricks.WhiteningSettings,
+        hooks="rayaccel.methods.tricks.whitening:hooks_for",
     ),
     MethodSpec(
         "dirac_init",
@@ -130,6 +179,9 @@ METHODS: tuple[MethodSpec, ...] = (
         section=bool,
         default=False,
         summary="identity (Dirac) initialisation of the convolutions",
+        settings=tricks.dirac_init_settings,
+        settings_type=tricks.DiracInitSettings,
+        hooks="rayaccel.methods.tricks.init:hooks_for",
     ),
     MethodSpec(
         "alternating_flip",
@@ -140,7 +192,15 @@ METHODS: tuple[MethodSpec, ...] = (
         segmentation=False,
         summary="epoch e > 0 flips exactly the images not flipped in e - 1",
     ),
-    MethodSpec("lookahead", key="tricks.lookahead", section=LookaheadTrick, summary="Lookahead"),
+    MethodSpec(
+        "lookahead",
+        key="tricks.lookahead",
+        section=LookaheadTrick,
+        summary="Lookahead",
+        settings=tricks.lookahead_settings,
+        settings_type=tricks.LookaheadSettings,
+        hooks="rayaccel.methods.tricks.lookahead:hooks_for",
+    ),
     MethodSpec(
         "infobatch",
         key="infobatch",
@@ -148,6 +208,9 @@ METHODS: tuple[MethodSpec, ...] = (
         checks=(infobatch_problems,),
         segmentation=False,
         summary="InfoBatch unbiased dynamic data pruning",
+        settings=infobatch.worker_settings,
+        settings_type=infobatch.InfoBatchSettings,
+        hooks="rayaccel.methods.infobatch.hook:hooks_for",
     ),
     MethodSpec(
         "agvm",
@@ -155,6 +218,9 @@ METHODS: tuple[MethodSpec, ...] = (
         section=AgvmSection,
         checks=(agvm_problems,),
         summary="AGVM per-component LR modulation for large batches",
+        settings=agvm.worker_settings,
+        settings_type=agvm.AgvmSettings,
+        hooks="rayaccel.methods.agvm.hook:hooks_for",
     ),
 )
 
@@ -162,3 +228,30 @@ METHODS: tuple[MethodSpec, ...] = (
 def method_problems(job: Any) -> list[str]:
     """Every method's checks on a job, in registry order."""
     return [problem for spec in METHODS for check in spec.checks for problem in check(job)]
+
+
+def method_settings(job: Any, plan: Any) -> tuple[tuple[str, Any], ...]:
+    """`(method name, settings)` of every method the job uses, in registry order."""
+    chosen = []
+    for spec in METHODS:
+        settings = spec.settings(job, plan) if spec.settings is not None else None
+        if settings is not None:
+            chosen.append((spec.name, settings))
+    return tuple(chosen)
+
+
+def method_model_kwargs(job: Any, plan: Any) -> dict[str, Any]:
+    """Keyword arguments the job's methods add to the model's construction."""
+    kwargs: dict[str, Any] = {}
+    for spec in METHODS:
+        if spec.model_kwargs is not None:
+            kwargs.update(spec.model_kwargs(job, plan))
+    return kwargs
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The record of method `name`; unknown names fail with the registered ones."""
+    for spec in METHODS:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown method {name!r}; registered: {[s.name for s in METHODS]}")

@@ -1,22 +1,25 @@
-"""The per-worker training loop: restore -> stages -> epochs -> batches -> step -> report.
+"""The per-worker trainer: set up, then for each epoch of the plan train, evaluate, report.
 
-It executes a `Plan` and plain settings built by the runner; it never reads the job YAML.
-Every rank calls `ray.train.report` once per epoch (a barrier), rank 0 attaches the
-checkpoint, and the metrics it reports are already reduced over all workers.
+It runs a `WorkerSpec` built on the driver (`rayaccel.train.spec`); it never reads the job.
+Setup has one step per piece (hooks, data, model, optimizer, restore), then `fit` walks the
+plan's epochs: `train_epoch` (its steps in `train_step`), `evaluate` when due, and one
+`ray.train.report` per epoch on every rank (a barrier), with the checkpoint attached by rank 0.
+The metrics it reports are already reduced over all workers.
 
 Each plan stage reads its own Ray Data dataset (`stage.dataset`, e.g. `train_s0`), so a
-curriculum's resolution and RandAugment magnitude change with the stage. Speed-up methods act
-at the named points of `rayaccel.methods.base` (replay, low-pass crop, ...); the loop only
-calls them. Optimizer state carries across stages. Evaluation runs at the stage's resolution
-and, after the last epoch, always at full resolution; `val_resolution_px` says which.
+curriculum's resolution and RandAugment magnitude change with the stage. Methods act only at
+the named points of `rayaccel.methods.base`, in the order of `rayaccel.methods.ordering`.
+Optimizer state carries across stages. Evaluation runs at the stage's resolution and, after
+the last epoch, always at full resolution; `val_resolution_px` says which.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import ray.train
 import ray.train.torch
@@ -24,16 +27,18 @@ import torch
 
 from rayaccel.core.distributed import all_reduce_sum
 from rayaccel.core.seeds import worker_seed
-from rayaccel.methods.agvm.hook import AgvmHook
-from rayaccel.methods.base import StepBatch
+from rayaccel.data.device import DeviceDataset, load_device_dataset, load_rows
+from rayaccel.data.metadata import read_meta
+from rayaccel.data.pipeline import DecodeSpec
+from rayaccel.methods.base import MethodHooks, StepBatch, WorkerContext
 from rayaccel.methods.etpp.frequency import downsample
 from rayaccel.methods.ordering import build_hooks
-from rayaccel.methods.tricks.tta import predict_with_tta
+from rayaccel.methods.tricks.worker_augment import WorkerAugmentHook
 from rayaccel.models import build_model
 from rayaccel.models.resolution import fit_to_resolution
-from rayaccel.optim.build import set_lr
-from rayaccel.plan import Plan
-from rayaccel.train import recipe
+from rayaccel.optim.build import build_optimizer, param_groups, set_lr
+from rayaccel.optim.registry import OptimizerHyperparameters
+from rayaccel.plan import Plan, StagePlan
 from rayaccel.train.checkpoint import (
     TrainState,
     load_checkpoint,
@@ -42,267 +47,316 @@ from rayaccel.train.checkpoint import (
     unwrap,
 )
 from rayaccel.train.shard_audit import ShardAudit
+from rayaccel.train.spec import DataSpec, LoopSpec, ModelSpec, WorkerSpec
 from rayaccel.train.task import make_task
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """Plain, picklable arguments of the loop (built from the job by the runner)."""
-
-    plan: dict
-    model_name: str
-    model_kwargs: dict
-    num_classes: int
-    in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    optimizer: dict
-    label_smoothing: float
-    precision: str
-    seed: int
-    eval_every_epochs: int
-    checkpoint_every_epochs: int
-    log_every_steps: int
-    has_val: bool
-    torch_threads: int
-    # NHWC weights and inputs (`train.channels_last`).
-    channels_last: bool = False
-    # Replay buffer per worker (used by stages with replay factor > 1).
-    replay_capacity_samples: int = 0
-    replay_dtype: str = "uint8"
-    # Checkpoint (path or URI) to continue from when the run has none of its own: a search
-    # trial continues from the previous stage's best checkpoint instead of retraining it.
-    start_checkpoint: str | None = None
-    # Train only the epochs before this one (a search trial trains one curriculum stage of
-    # the full plan, so its LR schedule is the full curriculum's); None: the whole plan.
-    stop_epoch: int | None = None
-    # "ray" (Ray Data every epoch) or "device" (each worker's part decoded once onto its
-    # device); `data_source` is {"train", "val", "spec"} (rayaccel.train.recipe).
-    data_mode: str = "ray"
-    data_source: dict | None = None
-    # Fast-training tricks and progressive learning as plain dicts (None: off); see
-    # rayaccel.train.recipe for their keys.
-    model_tricks: dict | None = None
-    whitening: dict | None = None
-    bn_bias: dict | None = None
-    lookahead: dict | None = None
-    ema: dict | None = None
-    tta: dict | None = None
-    worker_augment: dict | None = None
-    # "classification" or "segmentation" (rayaccel.train.task).
-    task: str = "classification"
-    # AGVM settings (`AgvmHook` arguments plus `components` name patterns) or None.
-    agvm: dict | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train_loop_per_worker(config: dict) -> dict:
+    """Ray Train's entry point: `config` is `WorkerSpec.to_dict()` plus `resources`."""
     config = dict(config)
-    # Actor handles travel beside the plain settings (a dataclass copy would deep-copy them).
-    infobatch_board = config.pop("infobatch_board", None)
-    settings = LoopSettings(**config)
-    context = ray.train.get_context()
-    # An elastic group may run with fewer workers than planned: the per-worker batch and the
-    # steps follow the actual world size, the global batch stays the job's.
-    plan = Plan.from_dict(settings.plan).for_world_size(context.get_world_size())
-    rank = context.get_world_rank()
+    # Actor handles travel beside the plain spec (a dataclass copy would deep-copy them).
+    resources = config.pop("resources", {})
+    trainer = Trainer.setup(WorkerSpec.from_dict(config), resources)
+    return trainer.fit()
+
+
+# ---------------------------------------------------------------- setup steps
+def setup_device(loop: LoopSpec) -> torch.device:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(loop.torch_threads)
         # Subnormal floats (tiny gradients and activations late in training) take a slow
         # microcode path on x86 CPUs: a curriculum's final 28-px epochs ran 1.2-1.35x slower
         # than the baseline's at identical shapes. Flushing them to zero costs no accuracy.
         torch.set_flush_denormal(True)
-    torch.manual_seed(settings.seed)
+    return device
 
-    device_data = {}
-    if settings.data_mode == "device":
-        device_data = recipe.load_device_data(
-            settings.data_source,
+
+def setup_device_data(
+    data: DataSpec, *, rank: int, world_size: int, device: torch.device, seed: int
+) -> dict[str, DeviceDataset]:
+    """With `data.mode: device`, this worker's parts of the splits on its device, by the
+    dataset names the plan uses; otherwise none (Ray Data shards)."""
+    if data.mode != "device":
+        return {}
+    spec = DecodeSpec(**data.decode)
+    datasets = {
+        "train": load_device_dataset(
+            data.train,
+            spec,
             rank=rank,
-            world_size=context.get_world_size(),
+            world_size=world_size,
             device=device,
-            seed=settings.seed,
+            train=True,
+            shuffle_seed=worker_seed(seed, rank),
         )
-    task = make_task(settings.task, settings.num_classes)
-    model = build_model(
-        settings.model_name,
-        num_classes=settings.num_classes,
-        in_chans=settings.in_chans,
-        task=settings.task,
-        **settings.model_kwargs,
-    )
-    model = recipe.transform_model(
-        model,
-        settings.model_tricks or {},
-        whitening=settings.whitening,
-        source=settings.data_source,
-        mean=settings.mean,
-        std=settings.std,
-    )
-    if settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
-    agvm_settings = dict(settings.agvm or {})
-    optimizer, agvm_layout = recipe.build_recipe_optimizer(
-        model,
-        settings.optimizer,
-        bn_bias=settings.bn_bias,
-        lookahead=settings.lookahead,
-        agvm_components=agvm_settings.pop("components", None),
-    )
-    agvm = (
-        AgvmHook(*agvm_layout, optimizer_name=settings.optimizer["name"], **agvm_settings)
-        if agvm_layout is not None
-        else None
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
-    mean = torch.tensor(settings.mean, device=device).view(1, -1, 1, 1) * 255
-    std = torch.tensor(settings.std, device=device).view(1, -1, 1, 1) * 255
-    hooks = build_hooks(
-        lowpass_mode=plan.lowpass_mode,
-        data_on_device=settings.data_mode == "device",
-        replay_capacity_samples=settings.replay_capacity_samples,
-        replay_dtype=settings.replay_dtype,
-        device=device,
-        seed=worker_seed(settings.seed, rank),
-        infobatch_board=infobatch_board,
-        rank=rank,
-        **recipe.recipe_hooks(
-            model,
-            worker_augment=settings.worker_augment,
-            ema=settings.ema,
-            progressive=plan.curriculum == "progressive",
-            num_classes=settings.num_classes,
-            seed=settings.seed,
-            rank=rank,
-            device=device,
-        ),
-        agvm=agvm,
-    )
+    }
+    if data.val is not None:
+        datasets["val"] = load_device_dataset(
+            data.val, spec, rank=rank, world_size=world_size, device=device, train=False
+        )
+    return datasets
 
-    state = TrainState()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and settings.start_checkpoint is not None:
-        checkpoint = ray.train.Checkpoint(settings.start_checkpoint)
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = load_checkpoint(
-                directory,
-                model=model,
-                optimizer=optimizer,
-                scaler=scaler,
-                device=device,
-                methods=hooks,
+
+def training_images(data: DataSpec, count: int) -> torch.Tensor:
+    """The first `count` training images, normalised, as float32 on the CPU.
+
+    Read from storage the same way on every worker, so every worker computes the same
+    statistics from them (the whitening conv's filters). Bad rows are left out.
+    """
+    meta = read_meta(data.train)
+    rows = torch.arange(min(count, meta.count)).numpy()
+    arrays = load_rows(data.train, meta, DecodeSpec(**data.decode), rows)
+    images = torch.from_numpy(arrays["image"][arrays["bad"] == 0]).float()
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
+    std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
+    return (images - mean) / std
+
+
+def setup_hooks(spec: WorkerSpec, context: WorkerContext) -> MethodHooks:
+    """Every method's hooks and the worker-side augmentation's, in the rules' order."""
+    augment = spec.data.worker_augment
+    data_hooks = []
+    if augment is not None:
+        data_hooks.append(
+            WorkerAugmentHook(
+                crop_padding_px=augment.crop_padding_px,
+                flip=augment.flip,
+                cutout_px=augment.cutout_px,
+                samples_per_choice=augment.samples_per_choice,
+                seed=worker_seed(context.seed, context.rank),
+                flip_seed=context.seed,
+                device=context.device,
             )
-        if rank == 0:
-            _say(f"[rayaccel] resumed from checkpoint: next epoch {state.next_epoch}")
+        )
+    return build_hooks(spec.methods, context, data_hooks=data_hooks)
 
-    # Ray Data shards (or device-resident datasets) by name; each name is fetched once
-    shards: dict = {}
 
-    def shard(name: str):
-        if name not in shards:
-            if device_data:
+def setup_model(model: ModelSpec, hooks: MethodHooks) -> torch.nn.Module:
+    """The model as the methods transform it, in its memory layout (not yet wrapped by DDP:
+    `prepare_model` then broadcasts rank 0's weights, whitening filters included)."""
+    net = build_model(
+        model.name,
+        num_classes=model.num_classes,
+        in_chans=model.in_chans,
+        task=model.task,
+        **model.kwargs,
+    )
+    net = hooks.transform_model(net)
+    if model.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def setup_optimizer(
+    hyper: OptimizerHyperparameters, model: torch.nn.Module, hooks: MethodHooks
+) -> torch.optim.Optimizer:
+    """The job's optimizer over the methods' parameter groups, wrapped by the methods."""
+    bare = unwrap(model)
+    groups = hooks.param_groups(
+        bare,
+        param_groups(bare, hyper.weight_decay),
+        lr=hyper.lr,
+        weight_decay=hyper.weight_decay,
+    )
+    return hooks.wrap_optimizer(build_optimizer(model, hyper, groups=groups))
+
+
+def restore(loop: LoopSpec, *, model, optimizer, scaler, device, hooks, rank: int) -> TrainState:
+    """The run's latest checkpoint (or `loop.start_checkpoint`) loaded; a fresh state without."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop.start_checkpoint is not None:
+        checkpoint = ray.train.Checkpoint(loop.start_checkpoint)
+    if checkpoint is None:
+        return TrainState()
+    with checkpoint.as_directory() as directory:
+        state = load_checkpoint(
+            directory, model=model, optimizer=optimizer, scaler=scaler, device=device, methods=hooks
+        )
+    if rank == 0:
+        _say(f"[rayaccel] resumed from checkpoint: next epoch {state.next_epoch}")
+    return state
+
+
+# ---------------------------------------------------------------- the trainer
+@dataclass
+class Trainer:
+    """One worker's run: what setup built, and the loop over the plan's epochs."""
+
+    spec: WorkerSpec
+    plan: Plan
+    rank: int
+    world_size: int
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    hooks: MethodHooks
+    task: object
+    mean: torch.Tensor
+    std: torch.Tensor
+    device_data: dict[str, DeviceDataset]
+    state: TrainState
+    shards: dict = field(default_factory=dict)
+
+    @classmethod
+    def setup(cls, spec: WorkerSpec, resources: dict) -> Trainer:
+        context = ray.train.get_context()
+        rank, world_size = context.get_world_rank(), context.get_world_size()
+        # An elastic group may run with fewer workers than planned: the per-worker batch and
+        # the steps follow the actual world size, the global batch stays the job's.
+        plan = spec.plan.for_world_size(world_size)
+        device = setup_device(spec.loop)
+        seed = spec.loop.seed
+        torch.manual_seed(seed)
+        device_data = setup_device_data(
+            spec.data, rank=rank, world_size=world_size, device=device, seed=seed
+        )
+        hooks = setup_hooks(
+            spec,
+            WorkerContext(
+                rank=rank,
+                world_size=world_size,
+                device=device,
+                seed=seed,
+                num_classes=spec.model.num_classes,
+                optimizer_name=spec.optimizer.name,
+                resources=resources,
+                training_images=functools.partial(training_images, spec.data),
+            ),
+        )
+        model = ray.train.torch.prepare_model(setup_model(spec.model, hooks))
+        optimizer = setup_optimizer(spec.optimizer, model, hooks)
+        hooks.attach(unwrap(model))
+        scaler = torch.amp.GradScaler(device.type, enabled=spec.loop.precision == "fp16")
+        state = restore(
+            spec.loop,
+            model=model,
+            optimizer=optimizer,
+            scaler=scaler,
+            device=device,
+            hooks=hooks,
+            rank=rank,
+        )
+        return cls(
+            spec=spec,
+            plan=plan,
+            rank=rank,
+            world_size=world_size,
+            device=device,
+            model=model,
+            optimizer=optimizer,
+            scaler=scaler,
+            hooks=hooks,
+            task=make_task(spec.model.task, spec.model.num_classes),
+            mean=torch.tensor(spec.data.mean, device=device).view(1, -1, 1, 1) * 255,
+            std=torch.tensor(spec.data.std, device=device).view(1, -1, 1, 1) * 255,
+            device_data=device_data,
+            state=state,
+        )
+
+    def shard(self, name: str):
+        """A Ray Data shard (or device-resident dataset) by name, fetched once."""
+        if name not in self.shards:
+            if self.device_data:
                 # One full-resolution copy serves every stage and evaluation resolution; the
                 # curriculum's down-sampling runs on the worker (`LowPassCropHook`).
-                shards[name] = device_data["train" if name.startswith("train") else "val"]
+                split = "train" if name.startswith("train") else "val"
+                self.shards[name] = self.device_data[split]
             else:
-                shards[name] = ray.train.get_dataset_shard(name)
-        return shards[name]
+                self.shards[name] = ray.train.get_dataset_shard(name)
+        return self.shards[name]
 
-    progress = _Progress(plan, enabled=rank == 0, every_steps=settings.log_every_steps)
-    stage_index = None
+    def fit(self) -> dict:
+        loop, plan = self.spec.loop, self.plan
+        progress = _Progress(plan, enabled=self.rank == 0, every_steps=loop.log_every_steps)
+        stage_index = None
+        end_epoch = loop.stop_epoch or plan.total_epochs
+        for epoch in range(self.state.next_epoch, end_epoch):
+            stage = plan.stage_of(epoch)
+            if stage.index != stage_index:
+                stage_index = stage.index
+                fit_to_resolution(unwrap(self.model), stage.resolution_px)
+                self.hooks.on_stage_start(stage)
+            self.hooks.on_epoch_start(epoch)
+            trained, audit = self.train_epoch(epoch, stage, progress)
+            last = epoch + 1 == end_epoch
+            val_metrics = {}
+            if self.spec.data.val is not None and (
+                last or (epoch + 1) % loop.eval_every_epochs == 0
+            ):
+                val_px = plan.full_resolution_px if last else stage.resolution_px
+                val_metrics = self.evaluate(val_px, stage.per_worker_batch)
+            metrics = {
+                "epoch": epoch,
+                "stage": stage.index,
+                "resolution_px": stage.resolution_px,
+                "global_batch": stage.global_batch,
+                "randaug_magnitude": stage.randaug_magnitude,
+                "replay_factor": stage.replay_factor,
+                **trained,
+                "images_seen": self.state.images_seen,
+                "fresh_images_seen": self.state.fresh_images_seen,
+                "world_size": self.world_size,
+                # Lets the driver free the worker group's resources if Ray Train leaves them
+                # held (`rayaccel.train.runner.free_placement_group`).
+                "placement_group_id": ray.get_runtime_context().get_placement_group_id(),
+                # Per worker; the controller's MetricsLog gathers them into one `workers` list.
+                "worker": audit.facts(
+                    rank=self.rank, node_id=ray.get_runtime_context().get_node_id()
+                ),
+                **self.hooks.on_epoch_end(),
+                **({"val_" + k: v for k, v in val_metrics.items()} if val_metrics else {}),
+            }
+            _report(
+                metrics,
+                self.state,
+                epoch,
+                last,
+                loop.checkpoint_every_epochs,
+                self.rank,
+                self.model,
+                self.optimizer,
+                self.scaler,
+                self.hooks,
+            )
+        return {
+            "next_epoch": self.state.next_epoch,
+            "images_seen": self.state.images_seen,
+            "placement_group_id": ray.get_runtime_context().get_placement_group_id(),
+        }
 
-    end_epoch = settings.stop_epoch or plan.total_epochs
-    for epoch in range(state.next_epoch, end_epoch):
-        stage = plan.stage_of(epoch)
-        if stage.index != stage_index:
-            stage_index = stage.index
-            fit_to_resolution(unwrap(model), stage.resolution_px)
-            hooks.on_stage_start(stage)
-        hooks.on_epoch_start(epoch)
-        model.train()
+    def train_epoch(
+        self, epoch: int, stage: StagePlan, progress: _Progress
+    ) -> tuple[dict, ShardAudit]:
+        """One pass over the stage's dataset: the epoch's metrics, reduced over workers, and
+        this worker's share of it."""
+        self.model.train()
         started_s = time.perf_counter()
         cpu_started_s = time.process_time()
         # Time spent blocked on the next batch: preprocessing that cannot keep up with the
         # accelerator shows here, not as slower steps.
         data_wait_s = 0.0
         # loss, correct, counted (images or pixels), trained images, bad rows, fresh images
-        sums = torch.zeros(6, dtype=torch.float64, device=device)
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)
         audit = ShardAudit()  # this worker's share of the epoch, for the `workers` metrics
-        batches = shard(stage.dataset).iter_torch_batches(
+        batches = self.shard(stage.dataset).iter_torch_batches(
             batch_size=stage.fresh_per_worker_batch, drop_last=True, prefetch_batches=2
         )
         # A pruned epoch is shorter than the plan's; the LR schedule walks its stretch in the
         # true number of steps (every worker gets an equal share of the epoch's rows).
-        epoch_rows = hooks.epoch_samples(plan.train_samples) // context.get_world_size()
+        epoch_rows = self.hooks.epoch_samples(self.plan.train_samples) // self.world_size
         steps = min(stage.steps_per_epoch, epoch_rows // stage.fresh_per_worker_batch)
         waiting_since_s = time.perf_counter()
         for step, batch in enumerate(batches):
             data_wait_s += time.perf_counter() - waiting_since_s
             if step >= steps:
                 break
-            lr = plan.lr_at(epoch, step, steps)
-            set_lr(optimizer, lr)
-            fresh = _unpack(batch, device)
+            set_lr(self.optimizer, self.plan.lr_at(epoch, step, steps))
             audit.add(batch["index"], batch["bad"])
-            step_batch = hooks.on_batch(fresh)
-            step_batch.images = (step_batch.images.float() - mean) / std
-            step_batch = hooks.on_inputs(step_batch)
-            step_batch.images = in_memory_format(step_batch.images, settings.channels_last)
-            labels = step_batch.labels
-            optimizer.zero_grad(set_to_none=True)
-            outputs = []  # (logits, per-sample losses) of each forward pass of the step
-
-            def loss_of_rows(images, rows=None, step_batch=step_batch, outputs=outputs):
-                part = step_batch if rows is None else step_batch.take(rows)
-                with torch.autocast(
-                    device.type,
-                    dtype=_AUTOCAST_DTYPES.get(settings.precision, torch.bfloat16),
-                    enabled=settings.precision in _AUTOCAST_DTYPES,
-                ):
-                    logits = model(images)
-                    losses = task.losses(
-                        logits, part.labels, part.targets, settings.label_smoothing
-                    )
-                    loss = hooks.on_loss(losses, part).mean()
-                outputs.append((logits.detach(), losses.detach()))
-                return loss
-
-            # AGVM measures on two half batches (an odd batch, after skipped bad rows, waits).
-            if agvm is not None and agvm.due() and labels.shape[0] % 2 == 0:
-                agvm.backward(model, loss_of_rows, step_batch.images, optimizer, scaler.scale)
-                loss = torch.stack([o[1].mean() for o in outputs]).mean()
-            else:
-                loss = loss_of_rows(step_batch.images)
-                scaler.scale(loss).backward()
-            if agvm is not None:
-                agvm.scale_lrs(optimizer)
-            scaler.step(optimizer)
-            scaler.update()
-            hooks.after_step()
-            with torch.no_grad():
-                logits = torch.cat([o[0] for o in outputs])
-                losses = torch.cat([o[1] for o in outputs])
-                correct, counted = task.correct(logits, labels)
-                sums += torch.stack(
-                    [
-                        # The plain per-sample loss: method weights (InfoBatch) would
-                        # inflate it and make runs incomparable.
-                        losses.double().sum(),
-                        correct,
-                        counted,
-                        torch.tensor(labels.shape[0], dtype=torch.float64, device=device),
-                        batch["bad"].sum().to(device, torch.float64),
-                        torch.tensor(fresh.labels.shape[0], dtype=torch.float64, device=device),
-                    ]
-                )
+            loss = self.train_step(batch, sums)
             progress.step(epoch, step, loss, images_in_step=stage.global_batch, steps=steps)
             waiting_since_s = time.perf_counter()
         all_reduce_sum(sums)
@@ -312,39 +366,13 @@ def train_loop_per_worker(config: dict) -> dict:
         # for a CPU, not computing.
         worker_cpu_s = time.process_time() - cpu_started_s
         loss_sum, correct, counted, count, bad, fresh_count = sums.tolist()
-        state = TrainState(
+        self.state = TrainState(
             next_epoch=epoch + 1,
-            images_seen=state.images_seen + int(count),
-            fresh_images_seen=state.fresh_images_seen + int(fresh_count),
+            images_seen=self.state.images_seen + int(count),
+            fresh_images_seen=self.state.fresh_images_seen + int(fresh_count),
         )
-
-        last = epoch + 1 == end_epoch
-        val_metrics = {}
-        if settings.has_val and (last or (epoch + 1) % settings.eval_every_epochs == 0):
-            val_px = plan.full_resolution_px if last else stage.resolution_px
-            fit_to_resolution(unwrap(model), val_px)
-            with hooks.evaluation_weights():
-                val_metrics = evaluate(
-                    model,
-                    shard(plan.val_dataset(val_px)),
-                    mean,
-                    std,
-                    device,
-                    stage.per_worker_batch,
-                    resolution_px=val_px,
-                    task=task,
-                    tta=settings.tta,
-                    channels_last=settings.channels_last,
-                    lowpass_mode=plan.lowpass_mode or "fft",
-                )
-        metrics = {
-            "epoch": epoch,
-            "stage": stage.index,
-            "resolution_px": stage.resolution_px,
-            "global_batch": stage.global_batch,
-            "randaug_magnitude": stage.randaug_magnitude,
-            "replay_factor": stage.replay_factor,
-            "lr": plan.lr_at(epoch, steps - 1, steps),
+        return {
+            "lr": self.plan.lr_at(epoch, steps - 1, steps),
             "steps": steps,
             "train_loss": loss_sum / max(count, 1),
             "train_acc": correct / max(counted, 1),
@@ -355,23 +383,80 @@ def train_loop_per_worker(config: dict) -> dict:
             "images_per_s": count / epoch_time_s,
             "data_wait_s": data_wait_s,
             "worker_cpu_s": worker_cpu_s,
-            "images_seen": state.images_seen,
-            "fresh_images_seen": state.fresh_images_seen,
-            "world_size": context.get_world_size(),
-            # Lets the driver free the worker group's resources if Ray Train leaves them held
-            # (`rayaccel.train.runner.free_placement_group`).
-            "placement_group_id": ray.get_runtime_context().get_placement_group_id(),
-            # Per worker; the controller's MetricsLog gathers them into one `workers` list.
-            "worker": audit.facts(rank=rank, node_id=ray.get_runtime_context().get_node_id()),
-            **hooks.on_epoch_end(),
-            **({"val_" + k: v for k, v in val_metrics.items()} if val_metrics else {}),
-        }
-        _report(metrics, state, epoch, last, settings, rank, model, optimizer, scaler, hooks)
-    return {
-        "next_epoch": state.next_epoch,
-        "images_seen": state.images_seen,
-        "placement_group_id": ray.get_runtime_context().get_placement_group_id(),
-    }
+        }, audit
+
+    def train_step(self, batch: dict, sums: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on a fresh batch (the methods may add replayed samples, crop,
+        mix, weight the losses or own the backward pass); adds its counts to `sums`."""
+        hooks, precision = self.hooks, self.spec.loop.precision
+        fresh = _unpack(batch, self.device)
+        step_batch = hooks.on_batch(fresh)
+        step_batch.images = (step_batch.images.float() - self.mean) / self.std
+        step_batch = hooks.on_inputs(step_batch)
+        images = in_memory_format(step_batch.images, self.spec.model.channels_last)
+        labels = step_batch.labels
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs = []  # (logits, per-sample losses) of each forward pass of the step
+
+        def loss_of_rows(images, rows=None):
+            part = step_batch if rows is None else step_batch.take(rows)
+            with torch.autocast(
+                self.device.type,
+                dtype=_AUTOCAST_DTYPES.get(precision, torch.bfloat16),
+                enabled=precision in _AUTOCAST_DTYPES,
+            ):
+                logits = self.model(images)
+                losses = self.task.losses(
+                    logits, part.labels, part.targets, self.spec.loop.label_smoothing
+                )
+                loss = hooks.on_loss(losses, part).mean()
+            outputs.append((logits.detach(), losses.detach()))
+            return loss
+
+        if hooks.backward(self.model, loss_of_rows, images, self.optimizer, self.scaler.scale):
+            loss = torch.stack([o[1].mean() for o in outputs]).mean()
+        else:
+            loss = loss_of_rows(images)
+            self.scaler.scale(loss).backward()
+        hooks.before_step(self.optimizer)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        hooks.after_step()
+        with torch.no_grad():
+            logits = torch.cat([o[0] for o in outputs])
+            losses = torch.cat([o[1] for o in outputs])
+            correct, counted = self.task.correct(logits, labels)
+            sums += torch.stack(
+                [
+                    # The plain per-sample loss: method weights (InfoBatch) would inflate it
+                    # and make runs incomparable.
+                    losses.double().sum(),
+                    correct,
+                    counted,
+                    torch.tensor(labels.shape[0], dtype=torch.float64, device=self.device),
+                    batch["bad"].sum().to(self.device, torch.float64),
+                    torch.tensor(fresh.labels.shape[0], dtype=torch.float64, device=self.device),
+                ]
+            )
+        return loss
+
+    def evaluate(self, resolution_px: int, batch_size: int) -> dict:
+        """Validation metrics at `resolution_px`, with the methods' evaluation weights."""
+        fit_to_resolution(unwrap(self.model), resolution_px)
+        with self.hooks.evaluation_weights():
+            return evaluate(
+                self.model,
+                self.shard(self.plan.val_dataset(resolution_px)),
+                self.mean,
+                self.std,
+                self.device,
+                batch_size,
+                resolution_px=resolution_px,
+                task=self.task,
+                predict=self.hooks.predict,
+                channels_last=self.spec.model.channels_last,
+                lowpass_mode=self.plan.lowpass_mode or "fft",
+            )
 
 
 def in_memory_format(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -420,7 +505,7 @@ def evaluate(
     *,
     resolution_px: int,
     task,
-    tta: dict | None = None,
+    predict=None,
     channels_last: bool = False,
     lowpass_mode: str = "fft",
 ) -> dict:
@@ -429,9 +514,8 @@ def evaluate(
     Classification: top-1 accuracy and loss; segmentation: pixel accuracy (`acc`), `miou`
     and loss (`rayaccel.train.task`). Batches larger than `resolution_px` are low-pass cropped
     to it by `lowpass_mode` (the `fft` mode, and device-resident data in either mode, evaluate
-    low-resolution stages on the full-resolution split). With
-    `tta` ({"flip", "translate_px"}) the logits are averaged over flipped and shifted views
-    (`predict_with_tta`).
+    low-resolution stages on the full-resolution split). `predict(net, inputs)` gives the
+    logits (the hooks' `predict`: test-time augmentation); None: the plain forward pass.
 
     Runs the bare module: DDP would broadcast buffers on every forward, a collective that
     hangs when workers hold different numbers of validation batches.
@@ -445,13 +529,15 @@ def evaluate(
         inputs = in_memory_format((images.float() - mean) / std, channels_last)
         if inputs.shape[-1] != resolution_px:
             inputs = downsample(inputs, resolution_px, lowpass_mode)
-        logits = predict_with_tta(net, inputs, **tta) if tta else net(inputs).float()
+        logits = predict(net, inputs) if predict is not None else net(inputs).float()
         task.eval_add(sums, logits, labels)
     return {**task.eval_result(sums), "resolution_px": resolution_px}
 
 
-def _report(metrics, state, epoch, last, settings, rank, model, optimizer, scaler, hooks) -> None:
-    due = last or (epoch + 1) % settings.checkpoint_every_epochs == 0
+def _report(
+    metrics, state, epoch, last, every_epochs, rank, model, optimizer, scaler, hooks
+) -> None:
+    due = last or (epoch + 1) % every_epochs == 0
     metrics["checkpointed"] = due
     if not due or rank != 0:
         ray.train.report(metrics)

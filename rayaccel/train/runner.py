@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 
@@ -28,19 +27,16 @@ import ray.train
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from rayaccel.config import JobConfig, ResNet9Model, dump_job
+from rayaccel.config import JobConfig, dump_job
 from rayaccel.core.compute import pixel_compute
-from rayaccel.core.storage import RunFolder, absolute_location
+from rayaccel.core.storage import RunFolder
 from rayaccel.data.metadata import read_meta
 from rayaccel.data.pipeline import BAD_ROW_MARK, DecodeSpec, build_dataset
-from rayaccel.methods.agvm.patterns import (
-    DEFAULT_CLASSIFIER_PATTERNS,
-    DEFAULT_SEGMENTATION_PATTERNS,
-)
 from rayaccel.methods.infobatch.hook import ScoreBoard, keep_rows
 from rayaccel.plan import Plan, make_plan
 from rayaccel.report import compute_px_images, load_run, write_report
-from rayaccel.train.loop import LoopSettings, train_loop_per_worker
+from rayaccel.train.loop import train_loop_per_worker
+from rayaccel.train.spec import WorkerSpec, build_worker_spec
 
 
 class RunFailed(RuntimeError):
@@ -114,126 +110,10 @@ class _SplitTrainEqually(DataConfig):
         return output
 
 
-def build_run(job: JobConfig) -> tuple[Plan, LoopSettings]:
-    """The plan and the loop's plain settings for a validated, data-resolved job."""
-    train_meta = read_meta(job.data.train)
-    plan = make_plan(job, train_samples=train_meta.count)
-    model = job.model
-    if isinstance(model, ResNet9Model):
-        model_kwargs = model.model_dump(exclude={"name"})
-    else:
-        model_kwargs = dict(model.kwargs)
-        if job.data.task == "segmentation" and model.fpn_channels is not None:
-            model_kwargs["fpn_channels"] = model.fpn_channels
-    optimizer = job.train.optimizer.model_dump()
-    optimizer["betas"] = tuple(optimizer["betas"])
-    cpus = (job.scaling.resources_per_worker or {}).get("CPU", 1)
-    replay = getattr(job.curriculum, "replay", None)
-    settings = LoopSettings(
-        plan=plan.to_dict(),
-        model_name=model.name,
-        model_kwargs={**model_kwargs, **_progressive_model_kwargs(plan)},
-        num_classes=job.data.num_classes,
-        in_chans=job.data.channels,
-        mean=tuple(job.data.mean),
-        std=tuple(job.data.std),
-        optimizer=optimizer,
-        label_smoothing=job.train.label_smoothing,
-        precision=job.train.precision,
-        channels_last=job.train.channels_last,
-        seed=job.train.seed,
-        eval_every_epochs=job.train.eval_every_epochs,
-        checkpoint_every_epochs=job.run.checkpoint_every_epochs,
-        log_every_steps=job.train.log_every_steps,
-        has_val=job.data.val is not None,
-        torch_threads=max(1, math.floor(cpus)),
-        # Only EfficientTrain++ curricula replay (progressive learning has no buffer).
-        replay_capacity_samples=replay.capacity_samples if replay else 0,
-        replay_dtype=replay.dtype if replay else "uint8",
-        task=job.data.task or "classification",
-        agvm=agvm_settings(job),
-        **recipe_settings(job, plan),
-    )
-    return plan, settings
-
-
-def agvm_settings(job: JobConfig) -> dict | None:
-    """`AgvmHook` arguments and the component patterns (defaults by task), or None."""
-    if job.agvm is None:
-        return None
-    settings = job.agvm.model_dump()
-    if settings["components"] is None:
-        segmentation = job.data.task == "segmentation"
-        defaults = DEFAULT_SEGMENTATION_PATTERNS if segmentation else DEFAULT_CLASSIFIER_PATTERNS
-        settings["components"] = {k: list(v) for k, v in defaults.items()}
-    settings["clip"] = tuple(settings["clip"])
-    return settings
-
-
-def recipe_settings(job: JobConfig, plan: Plan) -> dict:
-    """`LoopSettings` fields of the data mode, the fast-training tricks and progressive
-    learning (`rayaccel.train.recipe` documents what the worker does with them)."""
-    data, tricks = job.data, job.tricks
-    augment = data.augment
-    device_mode = data.mode == "device"
-    # Flips move to the worker when they alternate (by sample index and epoch) or when the
-    # data lives on the device; crops move there only in device mode; cutout always runs there.
-    flip = "none"
-    if augment.horizontal_flip and (tricks.alternating_flip or device_mode):
-        flip = "alternating" if tricks.alternating_flip else "random"
-    worker_augment = {
-        "crop_padding_px": augment.random_crop_padding_px if device_mode else 0,
-        "flip": flip,
-        "cutout_px": augment.cutout_px,
-        "samples_per_choice": augment.samples_per_choice,
-    }
-    if worker_augment["crop_padding_px"] == 0 and flip == "none" and augment.cutout_px == 0:
-        worker_augment = None
-
-    def dumped(section) -> dict | None:
-        return section.model_dump() if section is not None else None
-
-    return {
-        "data_mode": data.mode,
-        "data_source": {
-            # Workers run in another folder: local paths are made absolute.
-            "train": absolute_location(data.train),
-            "val": absolute_location(data.val) if data.val is not None else None,
-            "spec": {
-                "image_size_px": data.image_size_px,
-                "channels": data.channels,
-                "num_classes": data.num_classes,
-                "on_bad_row": data.on_bad_row,
-            },
-        },
-        "model_tricks": {
-            "dirac_init": tricks.dirac_init,
-            "ghost_bn_virtual_batch": (
-                tricks.ghost_bn.virtual_batch_size if tricks.ghost_bn else None
-            ),
-            "frozen_bn_scale": tricks.frozen_bn_scale.scale if tricks.frozen_bn_scale else None,
-        },
-        "whitening": dumped(tricks.whitening),
-        "bn_bias": (
-            {
-                "bias_lr_multiplier": tricks.frozen_bn_scale.bias_lr_multiplier,
-                "bias_wd_divisor": tricks.frozen_bn_scale.bias_wd_divisor,
-            }
-            if tricks.frozen_bn_scale
-            else None
-        ),
-        "lookahead": dumped(tricks.lookahead),
-        "ema": dumped(tricks.ema),
-        "tta": dumped(tricks.tta),
-        "worker_augment": worker_augment,
-    }
-
-
-def _progressive_model_kwargs(plan: Plan) -> dict:
-    """timm creates DropPath modules only for a positive `drop_path_rate`: build the model
-    with the largest stage rate, and every stage start sets its own (`set_regularisation`)."""
-    deepest = max((s.drop_path_rate for s in plan.stages), default=0.0)
-    return {"drop_path_rate": deepest} if deepest > 0 else {}
+def build_run(job: JobConfig) -> tuple[Plan, WorkerSpec]:
+    """The plan and the workers' spec of a validated, data-resolved job."""
+    plan = make_plan(job, train_samples=read_meta(job.data.train).count)
+    return plan, build_worker_spec(job, plan)
 
 
 def run_job(
@@ -255,10 +135,8 @@ def run_job(
     Returns the summary also written to `summary.json`.
     """
     started_s = time.time()
-    plan, settings = build_run(job)
-    settings = dataclasses.replace(
-        settings, start_checkpoint=start_checkpoint, stop_epoch=stop_epoch
-    )
+    plan, spec = build_run(job)
+    spec = spec.replace_loop(start_checkpoint=start_checkpoint, stop_epoch=stop_epoch)
     folder = run_folder_of(job)
     folder.write_text("job.yaml", dump_job(job))
     folder.write_text("plan.json", json.dumps(plan.to_dict(), indent=2) + "\n")
@@ -273,9 +151,8 @@ def run_job(
     # Device mode: every worker decodes its part of the splits itself, once.
     datasets = {} if job.data.mode == "device" else _datasets(job, plan, board=board)
     scaling = job.scaling
-    loop_config = settings.to_dict()
-    if board is not None:
-        loop_config["infobatch_board"] = board
+    loop_config = spec.to_dict()
+    loop_config["resources"] = {"infobatch_board": board} if board is not None else {}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
 from rayaccel.core.schema import Strict
-from rayaccel.methods.agvm.patterns import check_patterns
+from rayaccel.methods.agvm.patterns import (
+    DEFAULT_CLASSIFIER_PATTERNS,
+    DEFAULT_SEGMENTATION_PATTERNS,
+    check_patterns,
+)
 
 if TYPE_CHECKING:
     from rayaccel.config.job import JobConfig
+    from rayaccel.plan import Plan
 
 
 class AgvmSection(Strict):
@@ -60,3 +66,34 @@ def agvm_problems(job: JobConfig) -> list[str]:
                 f"workers gives {per_worker}; use an even per-worker batch"
             ]
     return []
+
+
+@dataclass(frozen=True)
+class AgvmSettings:
+    """`AGVMState` settings and each component's parameter-name patterns."""
+
+    components: dict[str, tuple[str, ...]]
+    start_step: int
+    interval: int
+    momentum: float
+    clip: tuple[float, float]
+    eps: float
+
+
+def worker_settings(job: JobConfig, plan: Plan) -> AgvmSettings | None:
+    """The job's AGVM section; components default by task (backbone/head, or with a neck)."""
+    agvm = job.agvm
+    if agvm is None:
+        return None
+    components = agvm.components
+    if components is None:
+        segmentation = job.data.task == "segmentation"
+        components = DEFAULT_SEGMENTATION_PATTERNS if segmentation else DEFAULT_CLASSIFIER_PATTERNS
+    return AgvmSettings(
+        components={name: tuple(patterns) for name, patterns in components.items()},
+        start_step=agvm.start_step,
+        interval=agvm.interval,
+        momentum=agvm.momentum,
+        clip=tuple(agvm.clip),
+        eps=agvm.eps,
+    )

@@ -1,12 +1,10 @@
 """AGVM in the training loop: the thin hook around `rayaccel.methods.agvm.multipliers`.
 
-Besides the usual hook points (mu in the epoch metrics, AGVM's state and step counter in
-checkpoints) the loop calls two methods of its own on every step:
-
-- `backward(...)` instead of the usual backward pass when a measurement is due: two half-batch
-  passes that leave the full-batch gradient in `.grad` (`half_batch_gradients`);
-- `scale_lrs(optimizer)` after the step's base rates were set: each component's groups get
-  their mu.
+Its hook points: `param_groups` (the optimizer's groups split by component), `backward` (two
+half-batch passes instead of the usual one when a measurement is due, leaving the full-batch
+gradient in `.grad`: `half_batch_gradients`), `before_step` (after the step's base rates were
+set, each component's groups get their mu), and mu in the epoch metrics, AGVM's state and
+step counter in checkpoints.
 
 Steps are counted over the whole run (all stages and epochs), so `start_step` and `interval`
 mean the same thing in a resumed run.
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rayaccel.methods.agvm.config import AgvmSettings
 from rayaccel.methods.agvm.multipliers import (
     AGVMState,
     apply_multipliers,
@@ -27,7 +26,7 @@ from rayaccel.methods.agvm.multipliers import (
     group_parameters,
     half_batch_gradients,
 )
-from rayaccel.methods.base import Hook
+from rayaccel.methods.base import Hook, WorkerContext
 
 ADAM_TYPES = ("adamw", "lamb")
 
@@ -45,17 +44,18 @@ def split_optimizer_groups(
 class AgvmHook(Hook):
     """Per-component LR multipliers measured from half-batch gradients (see module docstring).
 
+    Its `param_groups` point splits the optimizer's groups by component (after any other
+    method's groups, e.g. frozen-BN biases), so each group gets exactly one multiplier.
+
     Args:
-        components: `{component: parameters}` from `split_optimizer_groups`.
-        group_component: The component of each optimizer group, from the same call.
+        components: `{component: parameter-name patterns}`; the first is the reference.
         optimizer_name: The job's optimizer; Adam-type ones precondition the half gradients.
         start_step, interval, momentum, clip, eps: `AGVMState` settings.
     """
 
     def __init__(
         self,
-        components: Mapping[str, Sequence[nn.Parameter]],
-        group_component: Sequence[str],
+        components: Mapping[str, Sequence[str]],
         *,
         optimizer_name: str,
         start_step: int,
@@ -64,8 +64,9 @@ class AgvmHook(Hook):
         clip: Sequence[float],
         eps: float,
     ):
-        self.components = {name: list(params) for name, params in components.items()}
-        self.group_component = list(group_component)
+        self.patterns = {name: list(patterns) for name, patterns in components.items()}
+        self.components: dict[str, list[nn.Parameter]] = {}
+        self.group_component: list[str] = []
         self.state = AGVMState(
             list(components),
             momentum=momentum,
@@ -78,6 +79,15 @@ class AgvmHook(Hook):
         self.step = 0
         self.measured_in_epoch = 0
 
+    def param_groups(
+        self, model: nn.Module, groups: list[dict], *, lr: float, weight_decay: float
+    ) -> list[dict]:
+        split, components, self.group_component = split_optimizer_groups(
+            model, groups, self.patterns
+        )
+        self.components = {name: list(params) for name, params in components.items()}
+        return split
+
     def due(self) -> bool:
         return self.state.due(self.step)
 
@@ -88,12 +98,15 @@ class AgvmHook(Hook):
         inputs: Tensor,
         optimizer: torch.optim.Optimizer,
         scale_loss: Callable[[Tensor], Tensor],
-    ) -> None:
-        """Two half-batch backward passes; updates mu from their cosine distances.
+    ) -> bool:
+        """Two half-batch backward passes when a measurement is due; updates mu from their
+        cosine distances. An odd batch (after skipped bad rows) waits for the next step.
 
         `loss_of_rows(inputs_half, rows_half)` runs the forward pass on those rows of the
         step's batch and returns their mean loss (it may record logits for the step's metrics).
         """
+        if not self.due() or inputs.shape[0] % 2:
+            return False
         rows = torch.arange(inputs.shape[0], device=inputs.device)
         optimizer = getattr(optimizer, "optimizer", optimizer)  # under Lookahead
         result = half_batch_gradients(
@@ -107,8 +120,9 @@ class AgvmHook(Hook):
         )
         self.state.update(result.distances())
         self.measured_in_epoch += 1
+        return True
 
-    def scale_lrs(self, optimizer: torch.optim.Optimizer) -> None:
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Multiply each group's current LR by its component's mu (once per step)."""
         apply_multipliers(optimizer, self.group_component, self.state.multipliers())
 
@@ -127,3 +141,17 @@ class AgvmHook(Hook):
         if state:
             self.state.load_state_dict(state["agvm"])
             self.step = int(state["step"])
+
+
+def hooks_for(settings: AgvmSettings, context: WorkerContext) -> list[Hook]:
+    return [
+        AgvmHook(
+            settings.components,
+            optimizer_name=context.optimizer_name,
+            start_step=settings.start_step,
+            interval=settings.interval,
+            momentum=settings.momentum,
+            clip=settings.clip,
+            eps=settings.eps,
+        )
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -11,6 +12,7 @@ from rayaccel.methods.etpp.curriculum import etpp_replay_factors, etpp_resolutio
 
 if TYPE_CHECKING:
     from rayaccel.config.job import JobConfig
+    from rayaccel.plan import Plan
 
 
 class ReplaySection(Strict):
@@ -199,3 +201,33 @@ def lr_rule_problems(job: JobConfig) -> list[str]:
             f"({scaling.rule}); remove one of them"
         ]
     return []
+
+
+@dataclass(frozen=True)
+class EtppSettings:
+    """What a worker needs of an EfficientTrain++ curriculum (the plan has the stages).
+
+    Attributes:
+        lowpass_mode: "fft" or "resize" (the plan's low-frequency mode).
+        crop_on_worker: The worker low-pass crops its inputs: always in `fft` mode, and in
+            `resize` mode when the data lives on the device (otherwise Ray Data resizes).
+        replay_capacity_samples: The per-worker replay buffer's size.
+        replay_dtype: "uint8" (raw pixels) or "fp16" (normalised, low-passed inputs).
+    """
+
+    lowpass_mode: str
+    crop_on_worker: bool
+    replay_capacity_samples: int
+    replay_dtype: str
+
+
+def worker_settings(job: JobConfig, plan: Plan) -> EtppSettings | None:
+    curriculum = job.curriculum
+    if not isinstance(curriculum, EtppCurriculum | CustomCurriculum):
+        return None
+    return EtppSettings(
+        lowpass_mode=plan.lowpass_mode,
+        crop_on_worker=plan.lowpass_mode == "fft" or job.data.mode == "device",
+        replay_capacity_samples=curriculum.replay.capacity_samples,
+        replay_dtype=curriculum.replay.dtype,
+    )

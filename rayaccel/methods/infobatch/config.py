@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -10,6 +11,7 @@ from rayaccel.core.schema import Strict
 
 if TYPE_CHECKING:
     from rayaccel.config.job import JobConfig
+    from rayaccel.plan import Plan
 
 
 class InfoBatchSection(Strict):
@@ -29,3 +31,13 @@ def infobatch_problems(job: JobConfig) -> list[str]:
     if job.infobatch is not None and job.data.mode == "device":
         return ["infobatch: prunes rows in the Ray Data pipeline; use data.mode: ray with it"]
     return []
+
+
+@dataclass(frozen=True)
+class InfoBatchSettings:
+    """Workers need only the run's score board (a driver-side actor, `WorkerContext.resources`):
+    the prune ratio and the annealing are the board's."""
+
+
+def worker_settings(job: JobConfig, plan: Plan) -> InfoBatchSettings | None:
+    return InfoBatchSettings() if job.infobatch is not None else None

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from rayaccel.core.distributed import barrier
-from rayaccel.methods.base import Hook, StepBatch
+from rayaccel.methods.base import Hook, StepBatch, WorkerContext
+from rayaccel.methods.infobatch.config import InfoBatchSettings
 from rayaccel.methods.infobatch.scores import (
     EpochSelection,
     InfoBatchScoreBoard,
@@ -196,3 +197,7 @@ class InfoBatchHook(Hook):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.rank == 0 and "board" in state:
             ray.get(self.board.load_state_dict.remote(state["board"]))
+
+
+def hooks_for(settings: InfoBatchSettings, context: WorkerContext) -> list[Hook]:
+    return [InfoBatchHook(context.resources["infobatch_board"], rank=context.rank)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -11,6 +12,7 @@ from rayaccel.methods.progressive.stages import efficientnetv2_preset
 
 if TYPE_CHECKING:
     from rayaccel.config.job import JobConfig
+    from rayaccel.plan import Plan
 
 
 class ProgressiveCurriculum(Strict):
@@ -143,3 +145,25 @@ def progressive_problems(job: JobConfig) -> list[str]:
             "resizes in Ray Data (use data.mode: ray)"
         )
     return problems
+
+
+@dataclass(frozen=True)
+class ProgressiveSettings:
+    """What a worker needs of progressive learning (each stage's strengths are in the plan)."""
+
+    num_classes: int
+
+
+def worker_settings(job: JobConfig, plan: Plan) -> ProgressiveSettings | None:
+    if not isinstance(job.curriculum, ProgressiveCurriculum):
+        return None
+    return ProgressiveSettings(num_classes=job.data.num_classes)
+
+
+def model_kwargs(job: JobConfig, plan: Plan) -> dict[str, Any]:
+    """timm creates DropPath modules only for a positive `drop_path_rate`: the model is built
+    with the largest stage rate, and every stage start sets its own (`set_regularisation`)."""
+    if not isinstance(job.curriculum, ProgressiveCurriculum):
+        return {}
+    deepest = max((s.drop_path_rate for s in plan.stages), default=0.0)
+    return {"drop_path_rate": deepest} if deepest > 0 else {}

@@ -8,7 +8,9 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from rayaccel.methods.base import Hook, StepBatch
+from rayaccel.core.seeds import worker_seed
+from rayaccel.methods.base import Hook, StepBatch, WorkerContext
+from rayaccel.methods.progressive.config import ProgressiveSettings
 from rayaccel.methods.progressive.regularisation import mixup_cutmix, set_regularisation
 
 
@@ -22,18 +24,20 @@ class RegularisationHook(Hook):
     applies label smoothing on top). Runs after replay, so replayed samples meet new partners.
 
     Args:
-        model: The bare model (not the DDP wrapper, which shares its modules).
         num_classes: Width of the one-hot targets.
         seed: Seed of lambda, boxes and permutations, distinct per worker.
     """
 
-    def __init__(self, model: nn.Module, *, num_classes: int, seed: int):
-        self.model = model
+    def __init__(self, *, num_classes: int, seed: int):
+        self.model: nn.Module | None = None
         self.num_classes = num_classes
         self.seed = seed
         self.mixup_alpha = 0.0
         self.cutmix_alpha = 0.0
         self.rng = np.random.default_rng(seed)
+
+    def attach(self, model: nn.Module) -> None:
+        self.model = model  # the bare model; the DDP wrapper shares its modules
 
     def on_stage_start(self, stage: Any) -> None:
         set_regularisation(self.model, stage.dropout_rate, stage.drop_path_rate)
@@ -51,3 +55,8 @@ class RegularisationHook(Hook):
             batch.images, onehot, self.mixup_alpha, self.cutmix_alpha, self.rng
         )
         return batch
+
+
+def hooks_for(settings: ProgressiveSettings, context: WorkerContext) -> list[Hook]:
+    seed = worker_seed(context.seed, context.rank)
+    return [RegularisationHook(num_classes=settings.num_classes, seed=seed)]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
@@ -10,6 +11,7 @@ from rayaccel.core.schema import Strict
 
 if TYPE_CHECKING:
     from rayaccel.config.job import JobConfig
+    from rayaccel.plan import Plan
 
 
 class EmaTrick(Strict):
@@ -115,3 +117,68 @@ def tta_problems(job: JobConfig) -> list[str]:
             f"got {tta.translate_px}"
         ]
     return []
+
+
+@dataclass(frozen=True)
+class EmaSettings:
+    momentum: float
+    every_steps: int
+
+
+@dataclass(frozen=True)
+class TtaSettings:
+    flip: bool
+    translate_px: int
+
+
+@dataclass(frozen=True)
+class GhostBnSettings:
+    virtual_batch_size: int
+
+
+@dataclass(frozen=True)
+class FrozenBnScaleSettings:
+    scale: float
+    bias_lr_multiplier: float
+    bias_wd_divisor: float
+
+
+@dataclass(frozen=True)
+class WhiteningSettings:
+    """The whitening conv's settings; its filters come from the first `sample_images`
+    training images (`WorkerContext.training_images`)."""
+
+    patch_size: int
+    eps: float
+    sample_images: int
+
+
+@dataclass(frozen=True)
+class DiracInitSettings:
+    """Dirac initialisation has nothing to set."""
+
+
+@dataclass(frozen=True)
+class LookaheadSettings:
+    k: int
+    alpha: float
+
+
+def _section_settings(name: str, settings_type: type) -> Any:
+    def worker_settings(job: JobConfig, plan: Plan) -> Any:
+        section = getattr(job.tricks, name)
+        return None if section is None else settings_type(**section.model_dump())
+
+    return worker_settings
+
+
+ema_settings = _section_settings("ema", EmaSettings)
+tta_settings = _section_settings("tta", TtaSettings)
+ghost_bn_settings = _section_settings("ghost_bn", GhostBnSettings)
+frozen_bn_scale_settings = _section_settings("frozen_bn_scale", FrozenBnScaleSettings)
+lookahead_settings = _section_settings("lookahead", LookaheadSettings)
+whitening_settings = _section_settings("whitening", WhiteningSettings)
+
+
+def dirac_init_settings(job: JobConfig, plan: Plan) -> DiracInitSettings | None:
+    return DiracInitSettings() if job.tricks.dirac_init else None

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rayaccel.methods.base import Hook
+from rayaccel.methods.base import Hook, WorkerContext
+from rayaccel.methods.tricks.config import EmaSettings
 
 
 class ModelEma:
@@ -156,16 +157,21 @@ class EmaHook(Hook):
     model's BN statistics, which fit neither.
 
     Args:
-        model: The bare model (not the DDP wrapper).
         momentum: Weight of the old average per update, in [0, 1).
         every_steps: Optimizer steps between updates, >= 1.
     """
 
-    def __init__(self, model: nn.Module, *, momentum: float, every_steps: int):
-        self.model = model
+    def __init__(self, *, momentum: float, every_steps: int):
         self.momentum = momentum
-        self.ema = ModelEma(model, momentum=momentum, every_steps=every_steps)
+        self.every_steps = every_steps
+        self.model: nn.Module | None = None
+        self.ema: ModelEma | None = None
         self.steps = 0
+
+    def attach(self, model: nn.Module) -> None:
+        """Starts the average from `model`, the bare model (not the DDP wrapper)."""
+        self.model = model
+        self.ema = ModelEma(model, momentum=self.momentum, every_steps=self.every_steps)
 
     def after_step(self) -> None:
         self.steps += 1
@@ -188,3 +194,7 @@ class EmaHook(Hook):
         if state:
             self.ema.load_state_dict(state["ema"])
             self.steps = state["steps"]
+
+
+def hooks_for(settings: EmaSettings, context: WorkerContext) -> list[Hook]:
+    return [EmaHook(momentum=settings.momentum, every_steps=settings.every_steps)]

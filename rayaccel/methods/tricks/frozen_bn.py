@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rayaccel.methods.base import Hook, WorkerContext
+from rayaccel.methods.tricks.config import FrozenBnScaleSettings
+
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -104,3 +107,37 @@ def bn_bias_param_groups(
     for group in groups:
         group["initial_lr"] = group["lr"] = base_lr * group["lr_scale"]
     return groups
+
+
+class FrozenBnScaleHook(Hook):
+    """BN scales fixed at `scale` (also on ghost BNs); BN biases in their own fast group."""
+
+    def __init__(self, *, scale: float, bias_lr_multiplier: float, bias_wd_divisor: float):
+        self.scale = scale
+        self.bias_lr_multiplier = bias_lr_multiplier
+        self.bias_wd_divisor = bias_wd_divisor
+
+    def transform_model(self, model: nn.Module) -> nn.Module:
+        freeze_bn_scale(model, self.scale)
+        return model
+
+    def param_groups(
+        self, model: nn.Module, groups: list[dict], *, lr: float, weight_decay: float
+    ) -> list[dict]:
+        return bn_bias_param_groups(
+            model,
+            lr,
+            weight_decay,
+            bias_lr_multiplier=self.bias_lr_multiplier,
+            bias_wd_divisor=self.bias_wd_divisor,
+        )
+
+
+def hooks_for(settings: FrozenBnScaleSettings, context: WorkerContext) -> list[Hook]:
+    return [
+        FrozenBnScaleHook(
+            scale=settings.scale,
+            bias_lr_multiplier=settings.bias_lr_multiplier,
+            bias_wd_divisor=settings.bias_wd_divisor,
+        )
+    ]

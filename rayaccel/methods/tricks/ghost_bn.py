@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rayaccel.methods.base import Hook, WorkerContext
+from rayaccel.methods.tricks.config import GhostBnSettings
+
 
 class GhostBatchNorm2d(nn.BatchNorm2d):
     """``BatchNorm2d`` that, in training, normalises every ``virtual_batch_size`` chunk alone.
@@ -150,3 +153,17 @@ def _ghost_copy(norm: nn.BatchNorm2d, virtual_batch_size: int) -> GhostBatchNorm
         ghost.weight.requires_grad_(norm.weight.requires_grad)
         ghost.bias.requires_grad_(norm.bias.requires_grad)
     return ghost.train(norm.training)
+
+
+class GhostBnHook(Hook):
+    """Every BatchNorm2d of the model becomes a ghost BN of `virtual_batch_size` samples."""
+
+    def __init__(self, virtual_batch_size: int):
+        self.virtual_batch_size = virtual_batch_size
+
+    def transform_model(self, model: nn.Module) -> nn.Module:
+        return convert_to_ghost_bn(model, self.virtual_batch_size)
+
+
+def hooks_for(settings: GhostBnSettings, context: WorkerContext) -> list[Hook]:
+    return [GhostBnHook(settings.virtual_batch_size)]

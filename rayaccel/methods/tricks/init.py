@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rayaccel.methods.base import Hook, WorkerContext
+from rayaccel.methods.tricks.config import DiracInitSettings
+
 
 def dirac_init_(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> nn.Module:
     """Makes the first ``in_channels`` filters of ``conv`` the identity, in place.
@@ -49,3 +52,37 @@ def dirac_init_(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> nn.Module:
     with torch.no_grad():
         nn.init.dirac_(conv.weight[: conv.in_channels])
     return conv
+
+
+def dirac_init_model(model: nn.Module) -> int:
+    """Dirac-initialises every conv that can start as an identity; returns how many.
+
+    Qualifying convs (`dirac_init_`'s conditions: groups 1, in <= out channels, odd kernel,
+    stride and dilation 1) get their first `in_channels` filters set to the identity; others,
+    such as strided stems, depthwise convs or channel-reducing convs, are left alone.
+    """
+    count = 0
+    for module in model.modules():
+        if (
+            type(module) is nn.Conv2d
+            and module.groups == 1
+            and module.in_channels <= module.out_channels
+            and all(k % 2 == 1 for k in module.kernel_size)
+            and all(s == 1 for s in module.stride)
+            and all(d == 1 for d in module.dilation)
+        ):
+            dirac_init_(module)
+            count += 1
+    return count
+
+
+class DiracInitHook(Hook):
+    """Every qualifying conv of the freshly built model starts as an identity."""
+
+    def transform_model(self, model: nn.Module) -> nn.Module:
+        dirac_init_model(model)
+        return model
+
+
+def hooks_for(settings: DiracInitSettings, context: WorkerContext) -> list[Hook]:
+    return [DiracInitHook()]

@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rayaccel.methods.base import Hook, WorkerContext
+from rayaccel.methods.tricks.config import TtaSettings
+
 
 def tta_views(images: Tensor, *, flip: bool = True, translate_px: int = 0) -> list[Tensor]:
     """The views ``predict_with_tta`` averages over, untransformed image first.
@@ -85,3 +88,18 @@ def predict_with_tta(
         for view in views[1:]:
             total += model(view).float()
     return total / len(views)
+
+
+class TtaHook(Hook):
+    """Evaluation averages the logits of flipped and shifted views (`predict_with_tta`)."""
+
+    def __init__(self, *, flip: bool, translate_px: int):
+        self.flip = flip
+        self.translate_px = translate_px
+
+    def predict(self, net: nn.Module, inputs: Tensor) -> Tensor:
+        return predict_with_tta(net, inputs, flip=self.flip, translate_px=self.translate_px)
+
+
+def hooks_for(settings: TtaSettings, context: WorkerContext) -> list[Hook]:
+    return [TtaHook(flip=settings.flip, translate_px=settings.translate_px)]

@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rayaccel.methods.base import Hook, WorkerContext
+from rayaccel.methods.tricks.config import WhiteningSettings
+
 # Images unfolded per pass while accumulating the patch covariance: bounds the temporary
 # (chunk * C*k*k * H*W floats, 200 MB for 256 CIFAR images with k=3) whatever N is.
 _IMAGES_PER_CHUNK = 256
@@ -139,3 +142,81 @@ def make_whitening_conv(
         conv.weight.copy_(weight)
     conv.weight.requires_grad_(False)
     return conv
+
+
+def insert_whitening(
+    model: nn.Module, images: Tensor, *, patch_size: int = 3, eps: float = 1e-2
+) -> nn.Module:
+    """Replaces the model's first conv by a fixed whitening conv and a learnable 1x1 conv.
+
+    The first `nn.Conv2d` in module order must be a 3x3, stride-1, ungrouped conv (ResNet-9's
+    prep conv). Its replacement: `make_whitening_conv(images)` (C*k*k fixed PCA filters, no
+    negated copies because the 1x1 conv after it is linear and can negate by itself), then a
+    1x1 conv to the original output channels, so every later layer is unchanged.
+
+    Args:
+        model: Changed in place.
+        images: Normalised float `(N, C, H, W)` training images on the model's device.
+        patch_size: Odd side of the whitened patches.
+        eps: Damping of the smallest eigenvalues.
+
+    Returns:
+        `model`.
+
+    Raises:
+        ValueError: If the model's first conv is not such a conv.
+    """
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                _check_first_conv(child)
+                whiten = make_whitening_conv(
+                    images, patch_size=patch_size, eps=eps, negated_copies=False
+                )
+                mix = nn.Conv2d(
+                    whiten.out_channels,
+                    child.out_channels,
+                    1,
+                    bias=child.bias is not None,
+                    device=child.weight.device,
+                )
+                setattr(parent, name, nn.Sequential(whiten, mix))
+                return model
+    raise ValueError(f"{type(model).__name__} has no nn.Conv2d to replace by a whitening conv")
+
+
+def _check_first_conv(conv: nn.Conv2d) -> None:
+    if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.groups != 1:
+        raise ValueError(
+            f"whitening replaces a first conv that is 3x3, stride 1, groups 1; the model's "
+            f"first conv is {conv}"
+        )
+
+
+class WhiteningHook(Hook):
+    """The model's first conv becomes a fixed whitening conv computed from training images.
+
+    Every worker reads the same images (`WorkerContext.training_images`), so every worker
+    computes the same filters (DDP also broadcasts rank 0's at wrap time).
+    """
+
+    def __init__(self, *, patch_size: int, eps: float, sample_images: int, training_images):
+        self.patch_size = patch_size
+        self.eps = eps
+        self.sample_images = sample_images
+        self.training_images = training_images
+
+    def transform_model(self, model: nn.Module) -> nn.Module:
+        images = self.training_images(self.sample_images)
+        return insert_whitening(model, images, patch_size=self.patch_size, eps=self.eps)
+
+
+def hooks_for(settings: WhiteningSettings, context: WorkerContext) -> list[Hook]:
+    return [
+        WhiteningHook(
+            patch_size=settings.patch_size,
+            eps=settings.eps,
+            sample_images=settings.sample_images,
+            training_images=context.training_images,
+        )
+    ]
