@@ -133,6 +133,7 @@ def _validate(args) -> int:
 
 
 def _plan(args) -> int:
+    from rayaccel.methods.registry import methods_line
     from rayaccel.plan import PlanError, format_plan
     from rayaccel.train.runner import build_run
 
@@ -143,6 +144,7 @@ def _plan(args) -> int:
         raise ConfigError([f"{args.job}: {err}"]) from None
     print(dump_job(job))
     print(format_plan(plan))
+    print(methods_line(job))
     return 0
 
 

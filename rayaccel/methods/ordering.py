@@ -45,6 +45,16 @@ def _before(hooks: list[Hook], first: type, then: type) -> list[Hook]:
     return rest[:anchor] + moving + rest[anchor:]
 
 
+def _after(hooks: list[Hook], later: type, earlier: tuple[type, ...]) -> list[Hook]:
+    """`later`'s hooks moved to just after the last of `earlier`'s (unchanged if already)."""
+    moving = _of(hooks, later)
+    rest = _others(hooks, later)
+    anchor = max((i for i, hook in enumerate(rest) if isinstance(hook, earlier)), default=None)
+    if not moving or anchor is None or hooks.index(moving[0]) > hooks.index(rest[anchor]):
+        return hooks
+    return rest[: anchor + 1] + moving + rest[anchor + 1 :]
+
+
 def augmentation_first(hooks: list[Hook]) -> list[Hook]:
     """Worker-side crops, flips and cutout come first: a uint8 replay buffer then stores
     augmented pixels, exactly as Ray Data's pipeline would have delivered them."""
@@ -60,15 +70,7 @@ def lowpass_before_replay(hooks: list[Hook]) -> list[Hook]:
 def regularisation_after_replay(hooks: list[Hook]) -> list[Hook]:
     """Mixup and cutmix run after the low-frequency crop and replay, so replayed samples meet
     new partners instead of being stored mixed."""
-    moving = _of(hooks, RegularisationHook)
-    rest = _others(hooks, RegularisationHook)
-    last = max(
-        (i for i, hook in enumerate(rest) if isinstance(hook, LowPassCropHook | ReplayHook)),
-        default=None,
-    )
-    if not moving or last is None:
-        return hooks
-    return rest[: last + 1] + moving + rest[last + 1 :]
+    return _after(hooks, RegularisationHook, (LowPassCropHook, ReplayHook))
 
 
 # The myrtle.ai recipe's order of its model transforms.

@@ -255,3 +255,9 @@ def method_spec(name: str) -> MethodSpec:
         if spec.name == name:
             return spec
     raise ValueError(f"unknown method {name!r}; registered: {[s.name for s in METHODS]}")
+
+
+def methods_line(job: Any) -> str:
+    """The methods a job uses, as `rayaccel plan` prints them."""
+    used = [f"{spec.name} ({spec.key})" for spec in METHODS if spec.enabled(job)]
+    return "methods: " + (", ".join(used) if used else "none (the baseline)")

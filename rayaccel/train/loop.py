@@ -200,15 +200,47 @@ class Trainer:
     device_data: dict[str, DeviceDataset]
     state: TrainState
     shards: dict = field(default_factory=dict)
+    stage_index: int | None = None
 
     @classmethod
     def setup(cls, spec: WorkerSpec, resources: dict) -> Trainer:
+        """This Ray Train worker's trainer, restored from the run's latest checkpoint."""
         context = ray.train.get_context()
-        rank, world_size = context.get_world_rank(), context.get_world_size()
-        # An elastic group may run with fewer workers than planned: the per-worker batch and
-        # the steps follow the actual world size, the global batch stays the job's.
-        plan = spec.plan.for_world_size(world_size)
-        device = setup_device(spec.loop)
+        trainer = cls.build(
+            spec,
+            rank=context.get_world_rank(),
+            world_size=context.get_world_size(),
+            device=setup_device(spec.loop),
+            resources=resources,
+            prepare_model=ray.train.torch.prepare_model,
+        )
+        trainer.state = restore(
+            spec.loop,
+            model=trainer.model,
+            optimizer=trainer.optimizer,
+            scaler=trainer.scaler,
+            device=trainer.device,
+            hooks=trainer.hooks,
+            rank=trainer.rank,
+        )
+        return trainer
+
+    @classmethod
+    def build(
+        cls,
+        spec: WorkerSpec,
+        *,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        resources: dict,
+        prepare_model=lambda model: model,
+    ) -> Trainer:
+        """The setup steps in order: seed, device data, hooks, model, optimizer, scaler.
+
+        `prepare_model` wraps the model for the worker group (Ray Train's, which moves it to
+        the device and wraps it in DDP); the default keeps it as it is.
+        """
         seed = spec.loop.seed
         torch.manual_seed(seed)
         device_data = setup_device_data(
@@ -227,34 +259,26 @@ class Trainer:
                 training_images=functools.partial(training_images, spec.data),
             ),
         )
-        model = ray.train.torch.prepare_model(setup_model(spec.model, hooks))
+        model = prepare_model(setup_model(spec.model, hooks))
         optimizer = setup_optimizer(spec.optimizer, model, hooks)
         hooks.attach(unwrap(model))
-        scaler = torch.amp.GradScaler(device.type, enabled=spec.loop.precision == "fp16")
-        state = restore(
-            spec.loop,
-            model=model,
-            optimizer=optimizer,
-            scaler=scaler,
-            device=device,
-            hooks=hooks,
-            rank=rank,
-        )
         return cls(
             spec=spec,
-            plan=plan,
+            # An elastic group may run with fewer workers than planned: the per-worker batch
+            # and the steps follow the actual world size, the global batch stays the job's.
+            plan=spec.plan.for_world_size(world_size),
             rank=rank,
             world_size=world_size,
             device=device,
             model=model,
             optimizer=optimizer,
-            scaler=scaler,
+            scaler=torch.amp.GradScaler(device.type, enabled=spec.loop.precision == "fp16"),
             hooks=hooks,
             task=make_task(spec.model.task, spec.model.num_classes),
             mean=torch.tensor(spec.data.mean, device=device).view(1, -1, 1, 1) * 255,
             std=torch.tensor(spec.data.std, device=device).view(1, -1, 1, 1) * 255,
             device_data=device_data,
-            state=state,
+            state=TrainState(),
         )
 
     def shard(self, name: str):
@@ -270,46 +294,19 @@ class Trainer:
         return self.shards[name]
 
     def fit(self) -> dict:
-        loop, plan = self.spec.loop, self.plan
-        progress = _Progress(plan, enabled=self.rank == 0, every_steps=loop.log_every_steps)
-        stage_index = None
-        end_epoch = loop.stop_epoch or plan.total_epochs
+        """Every epoch of the plan from the restored one, each reported to Ray Train."""
+        loop = self.spec.loop
+        progress = _Progress(self.plan, enabled=self.rank == 0, every_steps=loop.log_every_steps)
+        end_epoch = loop.stop_epoch or self.plan.total_epochs
+        runtime = ray.get_runtime_context()
         for epoch in range(self.state.next_epoch, end_epoch):
-            stage = plan.stage_of(epoch)
-            if stage.index != stage_index:
-                stage_index = stage.index
-                fit_to_resolution(unwrap(self.model), stage.resolution_px)
-                self.hooks.on_stage_start(stage)
-            self.hooks.on_epoch_start(epoch)
-            trained, audit = self.train_epoch(epoch, stage, progress)
             last = epoch + 1 == end_epoch
-            val_metrics = {}
-            if self.spec.data.val is not None and (
-                last or (epoch + 1) % loop.eval_every_epochs == 0
-            ):
-                val_px = plan.full_resolution_px if last else stage.resolution_px
-                val_metrics = self.evaluate(val_px, stage.per_worker_batch)
-            metrics = {
-                "epoch": epoch,
-                "stage": stage.index,
-                "resolution_px": stage.resolution_px,
-                "global_batch": stage.global_batch,
-                "randaug_magnitude": stage.randaug_magnitude,
-                "replay_factor": stage.replay_factor,
-                **trained,
-                "images_seen": self.state.images_seen,
-                "fresh_images_seen": self.state.fresh_images_seen,
-                "world_size": self.world_size,
-                # Lets the driver free the worker group's resources if Ray Train leaves them
-                # held (`rayaccel.train.runner.free_placement_group`).
-                "placement_group_id": ray.get_runtime_context().get_placement_group_id(),
-                # Per worker; the controller's MetricsLog gathers them into one `workers` list.
-                "worker": audit.facts(
-                    rank=self.rank, node_id=ray.get_runtime_context().get_node_id()
-                ),
-                **self.hooks.on_epoch_end(),
-                **({"val_" + k: v for k, v in val_metrics.items()} if val_metrics else {}),
-            }
+            metrics, audit = self.run_epoch(epoch, progress, last=last)
+            # Lets the driver free the worker group's resources if Ray Train leaves them held
+            # (`rayaccel.train.runner.free_placement_group`).
+            metrics["placement_group_id"] = runtime.get_placement_group_id()
+            # Per worker; the controller's MetricsLog gathers them into one `workers` list.
+            metrics["worker"] = audit.facts(rank=self.rank, node_id=runtime.get_node_id())
             _report(
                 metrics,
                 self.state,
@@ -325,8 +322,39 @@ class Trainer:
         return {
             "next_epoch": self.state.next_epoch,
             "images_seen": self.state.images_seen,
-            "placement_group_id": ray.get_runtime_context().get_placement_group_id(),
+            "placement_group_id": runtime.get_placement_group_id(),
         }
+
+    def run_epoch(self, epoch: int, progress: _Progress, *, last: bool) -> tuple[dict, ShardAudit]:
+        """Trains `epoch` (starting its stage if it is the first of one) and evaluates when
+        due; its metrics, and this worker's share of the epoch."""
+        stage = self.plan.stage_of(epoch)
+        if stage.index != self.stage_index:
+            self.stage_index = stage.index
+            fit_to_resolution(unwrap(self.model), stage.resolution_px)
+            self.hooks.on_stage_start(stage)
+        self.hooks.on_epoch_start(epoch)
+        trained, audit = self.train_epoch(epoch, stage, progress)
+        val_metrics = {}
+        every = self.spec.loop.eval_every_epochs
+        if self.spec.data.val is not None and (last or (epoch + 1) % every == 0):
+            val_px = self.plan.full_resolution_px if last else stage.resolution_px
+            val_metrics = self.evaluate(val_px, stage.per_worker_batch)
+        metrics = {
+            "epoch": epoch,
+            "stage": stage.index,
+            "resolution_px": stage.resolution_px,
+            "global_batch": stage.global_batch,
+            "randaug_magnitude": stage.randaug_magnitude,
+            "replay_factor": stage.replay_factor,
+            **trained,
+            "images_seen": self.state.images_seen,
+            "fresh_images_seen": self.state.fresh_images_seen,
+            "world_size": self.world_size,
+            **self.hooks.on_epoch_end(),
+            **({"val_" + k: v for k, v in val_metrics.items()} if val_metrics else {}),
+        }
+        return metrics, audit
 
     def train_epoch(
         self, epoch: int, stage: StagePlan, progress: _Progress
