@@ -13,7 +13,7 @@ import torch
 from rayaccel.methods.infobatch.scores import (
     EpochSelection,
     InfoBatchScoreBoard,
-    weighted_loss,
+    weight_losses,
 )
 
 # Deviations beyond this many standard errors fail; a false alarm is a ~1e-6 event per check.
@@ -52,12 +52,14 @@ def test_weighted_epoch_gradient_is_unbiased():
     pruned_share = (epoch_weights == 0).mean(axis=1)
     assert np.all((0.2 < pruned_share) & (pruned_share < 0.5))
 
-    # weighted_loss (a batch mean) times the batch size is the epoch's weighted gradient sum.
+    # The weighted batch mean times the batch size is the epoch's weighted gradient sum.
     kept = epoch_weights[0] > 0
     torch_params = torch.from_numpy(params).requires_grad_(True)
     kept_features, kept_targets = torch.from_numpy(features[kept]), torch.from_numpy(targets[kept])
     kept_loss = 0.5 * (kept_features @ torch_params - kept_targets) ** 2
-    (weighted_loss(kept_loss, torch.from_numpy(epoch_weights[0, kept])) * kept.sum()).backward()
+    (
+        weight_losses(kept_loss, torch.from_numpy(epoch_weights[0, kept])).mean() * kept.sum()
+    ).backward()
     np.testing.assert_allclose(torch_params.grad.numpy(), epoch_weights[0] @ per_sample_gradient)
 
     def deviation_in_standard_errors(weights: np.ndarray) -> np.ndarray:
@@ -223,12 +225,13 @@ def test_board_rejects_bad_arguments(kwargs, message):
         InfoBatchScoreBoard(10, **arguments)
 
 
-def test_weighted_loss_is_batch_mean_of_weighted_losses():
+def test_weight_losses_weights_low_precision_losses_in_float32():
     losses = torch.tensor([1.0, 2.0, 4.0], dtype=torch.bfloat16)
     weights = torch.tensor([1.0, 2.0, 1.0])
-    loss = weighted_loss(losses, weights)
-    assert loss.dtype == torch.float32
-    assert loss.item() == pytest.approx((1 + 4 + 4) / 3)
+    weighted = weight_losses(losses, weights)
+    assert weighted.dtype == torch.float32
+    assert weighted.tolist() == [1.0, 4.0, 4.0]
+    assert weighted.mean().item() == pytest.approx((1 + 4 + 4) / 3)
 
 
 def test_selection_pickles_to_two_bits_per_sample():

@@ -106,15 +106,15 @@ def test_replayed_samples_keep_the_weight_they_arrived_with():
     labels = torch.arange(4)
     indices = torch.tensor([10, 11, 12, 13])
     weights = torch.tensor([2.0, 1.0, 2.0, 1.0])
-    _, _, out_indices, out_weights = buffer.mix_weighted(
-        images, labels, indices, weights, replay_factor=4, batch_size=16
+    _, _, out_indices, out_weights = buffer.mix(
+        images, labels, indices, replay_factor=4, batch_size=16, fresh_weights=weights
     )
     assert out_indices.shape == (16,)
     expected = {10: 2.0, 11: 1.0, 12: 2.0, 13: 1.0}
     assert [expected[i] for i in out_indices.tolist()] == out_weights.tolist()
     # Without weights everything stored and replayed weighs 1.
-    _, _, _, plain = ReplayBuffer(64, (1, 2, 2), dtype=torch.uint8, seed=0).mix_weighted(
-        images, labels, indices, None, replay_factor=4, batch_size=16
+    _, _, _, plain = ReplayBuffer(64, (1, 2, 2), dtype=torch.uint8, seed=0).mix(
+        images, labels, indices, replay_factor=4, batch_size=16
     )
     assert plain.tolist() == [1.0] * 16
 

@@ -44,7 +44,7 @@ def test_mix_takes_exactly_one_fresh_chunk_per_batch(batch_size, replay_factor):
     for step in range(5):
         fresh = make_samples(100 * step, n_fresh)  # < 2048: exact in fp16
         seen.update(fresh[2].tolist())
-        images, labels, indices = buffer.mix(
+        images, labels, indices, _ = buffer.mix(
             *fresh, replay_factor=replay_factor, batch_size=batch_size
         )
         assert images.shape == (batch_size, *SAMPLE_SHAPE)
@@ -55,14 +55,14 @@ def test_mix_takes_exactly_one_fresh_chunk_per_batch(batch_size, replay_factor):
 
 def test_mix_short_final_chunk_keeps_reuse_ratio():
     buffer = ReplayBuffer(64, SAMPLE_SHAPE, device="cpu", seed=0)
-    images, _, indices = buffer.mix(*make_samples(0, 3), replay_factor=4, batch_size=32)
+    images, _, indices, _ = buffer.mix(*make_samples(0, 3), replay_factor=4, batch_size=32)
     assert images.shape[0] == 3 * 4
     assert torch.equal(indices[:3], torch.arange(3))
 
 
 def test_mix_replays_the_fresh_chunk_of_the_same_batch():
     buffer = ReplayBuffer(64, SAMPLE_SHAPE, device="cpu", seed=0)
-    _, _, indices = buffer.mix(*make_samples(0, 4), replay_factor=4, batch_size=16)
+    _, _, indices, _ = buffer.mix(*make_samples(0, 4), replay_factor=4, batch_size=16)
     # Only the fresh chunk is stored, so every replayed sample is one of its 4 samples.
     assert set(indices[4:].tolist()) <= {0, 1, 2, 3}
 
@@ -70,8 +70,9 @@ def test_mix_replays_the_fresh_chunk_of_the_same_batch():
 def test_mix_without_replay_returns_fresh_batch_untouched():
     buffer = ReplayBuffer(64, SAMPLE_SHAPE, device="cpu", seed=0)
     fresh = make_samples(0, 16)
-    out = buffer.mix(*fresh, replay_factor=1, batch_size=16)
+    *out, weights = buffer.mix(*fresh, replay_factor=1, batch_size=16)
     assert all(a is b for a, b in zip(out, fresh, strict=True))
+    assert weights.tolist() == [1.0] * 16
     assert len(buffer) == 0
 
 
@@ -85,7 +86,9 @@ def test_mix_keeps_fresh_precision_and_replays_fp16_copies():
     buffer = ReplayBuffer(64, SAMPLE_SHAPE, dtype=torch.float16, device="cpu", seed=0)
     fresh_images = torch.full((4, *SAMPLE_SHAPE), 1.0 / 3.0)
     labels = torch.zeros(4, dtype=torch.int64)
-    images, _, _ = buffer.mix(fresh_images, labels, torch.arange(4), replay_factor=4, batch_size=16)
+    images, _, _, _ = buffer.mix(
+        fresh_images, labels, torch.arange(4), replay_factor=4, batch_size=16
+    )
     assert images.dtype == torch.float32
     assert torch.equal(images[:4], fresh_images)
     assert torch.equal(images[4:], torch.full((12, *SAMPLE_SHAPE), 1.0 / 3.0).half().float())

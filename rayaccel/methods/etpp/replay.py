@@ -188,7 +188,9 @@ class ReplayBuffer:
         fresh_indices: Tensor,
         replay_factor: int,
         batch_size: int,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        *,
+        fresh_weights: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Builds one training batch from a fresh chunk plus replayed samples.
 
         The fresh chunk is added to the buffer first (so it can be replayed in its own batch,
@@ -203,35 +205,19 @@ class ReplayBuffer:
             fresh_indices: Their integer dataset indices shaped ``(n_fresh,)``.
             replay_factor: R >= 1 for the current stage.
             batch_size: Per-worker batch size of the step.
+            fresh_weights: Their per-sample loss weights; None means 1. Replayed samples keep
+                the weight they were added with, so a method that weights samples (InfoBatch)
+                stays unbiased when they are replayed.
 
         Returns:
-            ``(images, labels, indices)`` with the fresh chunk first, on the buffer's device;
-            images have ``fresh_images``' dtype (replayed ones are upcast from storage), labels
-            and indices are int64. With R = 1 the fresh tensors are returned untouched and the
-            buffer is not updated.
+            ``(images, labels, indices, weights)`` with the fresh chunk first, on the buffer's
+            device; images have ``fresh_images``' dtype (replayed ones are upcast from
+            storage), labels and indices are int64, weights float32. With R = 1 the fresh
+            tensors are returned untouched and the buffer is not updated.
 
         Raises:
             ValueError: If ``n_fresh`` is not in ``[1, fresh_chunk_size(batch_size, R)]`` or the
                 inputs do not match the buffer.
-        """
-        return self.mix_weighted(
-            fresh_images, fresh_labels, fresh_indices, None, replay_factor, batch_size
-        )[:3]
-
-    def mix_weighted(
-        self,
-        fresh_images: Tensor,
-        fresh_labels: Tensor,
-        fresh_indices: Tensor,
-        fresh_weights: Tensor | None,
-        replay_factor: int,
-        batch_size: int,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """`mix` that also carries per-sample loss weights through the buffer.
-
-        Returns ``(images, labels, indices, weights)``; replayed samples keep the weight they
-        were added with (1 where ``fresh_weights`` was None), so a method that weights
-        samples (InfoBatch) stays unbiased when they are replayed.
         """
         max_fresh = fresh_chunk_size(batch_size, replay_factor)
         n_fresh = fresh_images.shape[0]
@@ -406,12 +392,12 @@ class ReplayHook(Hook):
                 device=self.device,
                 seed=self._epoch_seed(),
             )
-        images, labels, indices, weights = self.buffer.mix_weighted(
+        images, labels, indices, weights = self.buffer.mix(
             batch.images,
             batch.labels,
             batch.indices,
-            batch.weights,
             replay_factor=self.replay_factor,
             batch_size=self.batch_size,
+            fresh_weights=batch.weights,
         )
         return StepBatch(images, labels, indices, weights if batch.weights is not None else None)

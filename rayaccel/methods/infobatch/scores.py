@@ -15,7 +15,7 @@ Where the pieces run:
   augmented. The filter is a per-row function of the global index, and Ray Data's
   ``streaming_split`` hands every row to exactly one worker, so the workers' shards are disjoint
   and together hold exactly the epoch's keep set; no separate shard assignment exists.
-- Workers train with :func:`weighted_loss` and send their ``(int64 index, float32 loss)`` pairs
+- Workers train with :func:`weight_losses` (averaged over the batch) and send their ``(int64 index, float32 loss)`` pairs
   to the board, which calls :meth:`InfoBatchScoreBoard.update` (``rayaccel.methods.infobatch.hook``
   holds the Ray side: the board actor, the Ray Data filter and the loop hook).
 
@@ -418,28 +418,15 @@ class InfoBatchScoreBoard:
         self.bookkeeping_seconds = float(state["bookkeeping_seconds"])
 
 
-def weighted_loss(per_sample_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ``loss * weight``: the InfoBatch training loss.
+def weight_losses(per_sample_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``loss * weight``; the trainer averages them over the batch.
 
-    Dividing by the batch size (not by the sum of weights) is what keeps pruning unbiased: summed
-    over an epoch, each sample contributes ``weight * grad / batch_size``, and since a
+    Dividing by the batch size (not by the sum of weights) is what keeps pruning unbiased:
+    summed over an epoch, each sample contributes ``weight * grad / batch_size``, and since a
     well-learned sample survives with probability 1-r and carries weight 1/(1-r), its expected
     contribution equals the unpruned ``grad / batch_size``. Normalising by the sum of weights
-    would cancel the 1/(1-r) and shrink the well-learned samples' share of the update by (1-r);
-    a plain sum would tie the step size to the batch size.
-
-    Args:
-        per_sample_loss: Unreduced losses of shape (batch,), e.g. ``reduction="none"``.
-        weights: Loss weights of shape (batch,), 1 or 1/(1-r); moved to the loss's device.
-
-    Returns:
-        Scalar loss in float32, or float64 for float64 losses.
-    """
-    return weight_losses(per_sample_loss, weights).mean()
-
-
-def weight_losses(per_sample_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``loss * weight`` (the loop averages over the batch: see :func:`weighted_loss`).
+    would cancel the 1/(1-r) and shrink the well-learned samples' share of the update by
+    (1-r); a plain sum would tie the step size to the batch size.
 
     bf16/fp16 losses from autocast are weighted in float32; float64 losses stay float64.
 
