@@ -18,10 +18,10 @@ BASE_JOB = {
     },
     "model": {"name": "resnet9", "width_multiplier": 0.25},
     "train": {
-        "epochs": 4,
+        "epochs": 2,
         "global_batch_size": 32,
         "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True},
-        "schedule": {"name": "cosine", "warmup_epochs": 1},
+        "schedule": {"name": "cosine", "warmup_epochs": 0.5},
         "label_smoothing": 0.1,
         "seed": 0,
     },
@@ -34,7 +34,7 @@ CANONICAL: dict[str, dict] = {
         "curriculum": {
             "preset": "custom",
             "mode": "fft",
-            "budget_epochs": 3,
+            "budget_epochs": 1.5,
             "randaugment": False,
             "stages": [{"resolution_px": 20, "replay_factor": 2}, {"resolution_px": 28}],
             "replay": {"capacity_samples": 64},
