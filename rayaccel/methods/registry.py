@@ -28,6 +28,7 @@ from rayaccel.methods.infobatch import config as infobatch
 from rayaccel.methods.infobatch.config import InfoBatchSection, infobatch_problems
 from rayaccel.methods.progressive import config as progressive
 from rayaccel.methods.progressive.config import ProgressiveCurriculum, progressive_problems
+from rayaccel.methods.random_erasing import config as random_erasing
 from rayaccel.methods.tricks import config as tricks
 from rayaccel.methods.tricks.config import (
     EmaTrick,
@@ -110,6 +111,17 @@ METHODS: tuple[MethodSpec, ...] = (
         settings=etpp.worker_settings,
         settings_type=etpp.EtppSettings,
         hooks="rayaccel.methods.etpp.hooks:hooks_for",
+    ),
+    # Before progressive learning: its inputs are erased before mixup mixes them.
+    MethodSpec(
+        "random_erasing",
+        key="random_erasing",
+        section=random_erasing.RandomErasingSection,
+        segmentation=False,
+        summary="random erasing of the normalised inputs (timm)",
+        settings=random_erasing.worker_settings,
+        settings_type=random_erasing.RandomErasingSettings,
+        hooks="rayaccel.methods.random_erasing.hook:hooks_for",
     ),
     MethodSpec(
         "progressive",

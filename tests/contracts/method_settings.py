@@ -49,6 +49,7 @@ CANONICAL: dict[str, dict] = {
             "size_multiple_px": 4,
         }
     },
+    "random_erasing": {"random_erasing": {"probability": 0.5, "max_count": 2}},
     "ema": {"tricks": {"ema": {"every_steps": 1}}},
     "tta": {"tricks": {"tta": {"flip": True, "translate_px": 2}}},
     "ghost_bn": {"tricks": {"ghost_bn": {"virtual_batch_size": 8}}},
