@@ -1,9 +1,9 @@
 """The package's layers and its import graph, checked on every test run.
 
-`pyproject.toml` declares the contracts (`[tool.importlinter]`: layers import downwards only,
-method packages are independent, the lower layers need no Ray); these tests run them with
-import-linter and add what it does not check: no import cycle anywhere in the package, and no
-module below the trainer importing Ray Train or Ray Tune.
+`pyproject.toml` declares the contracts (`[tool.importlinter]`: layers import downwards
+only, the lower layers need no Ray); these tests run them with import-linter and add what it
+does not check: no import cycle anywhere in the package, no method package importing another
+(whichever packages exist), and no module below the trainer importing Ray Train or Tune.
 """
 
 from __future__ import annotations
@@ -73,6 +73,27 @@ def test_the_package_has_no_import_cycle():
             if module.startswith(imported + "."):
                 graph.remove_import(importer=module, imported=imported)
     assert _cycles(graph) == []
+
+
+def test_method_packages_never_import_each_other():
+    """Each folder under rayaccel/methods/ is one method; it may use the hook points
+    (`methods.base`) but no other method, so a method stays in its own package."""
+    graph = grimp.build_graph("rayaccel", cache_dir=None, exclude_type_checking_imports=True)
+    packages = sorted(
+        p.name for p in (PACKAGE / "methods").iterdir() if (p / "__init__.py").is_file()
+    )
+    assert {"etpp", "infobatch", "agvm", "tricks"} <= set(packages)
+    crossings = []
+    for importer in packages:
+        for imported in packages:
+            if importer == imported:
+                continue
+            chain = graph.find_shortest_chain(
+                importer=f"rayaccel.methods.{importer}", imported=f"rayaccel.methods.{imported}"
+            )
+            if chain is not None:
+                crossings.append(" -> ".join(chain))
+    assert crossings == []
 
 
 def test_no_module_below_the_trainer_imports_ray_train_or_tune():
