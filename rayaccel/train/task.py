@@ -104,7 +104,7 @@ class SegmentationTask:
 
 
 def make_task(name: str, num_classes: int) -> ClassificationTask | SegmentationTask:
-    """The task object for `LoopSettings.task`."""
+    """The task object for `ModelSpec.task` (`rayaccel.train.spec`)."""
     tasks = {"classification": ClassificationTask, "segmentation": SegmentationTask}
     if name not in tasks:
         raise ValueError(f"task must be one of {sorted(tasks)}, got {name!r}")
