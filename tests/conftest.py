@@ -1,4 +1,11 @@
-"""Shared test fixtures: one local Ray instance for the whole session (start-up costs seconds)."""
+"""Shared test fixtures: one local Ray instance for the whole session (start-up costs seconds).
+
+Layout: `tests/unit/` holds tests that need no Ray; `tests/integration/` holds every test
+that starts or uses Ray, or runs a `rayaccel` process that trains. Every test under
+`tests/integration/` is marked `ray` (so `-m "not ray"` runs exactly the unit tests), and
+unit tests run first, so a broken unit fails the run within seconds. Paths and small
+builders shared by several files live in `helpers.py`.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,21 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FIXTURE_TRAIN = REPO_ROOT / "data" / "fixture" / "fashion-mnist" / "train"
-FIXTURE_TEST = REPO_ROOT / "data" / "fixture" / "fashion-mnist" / "test"
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+def _is_integration(item: pytest.Item) -> bool:
+    return INTEGRATION_DIR in Path(item.fspath).resolve().parents
 
 
 def pytest_collection_modifyitems(config, items):
+    ray_mark = pytest.mark.ray
+    for item in items:
+        if _is_integration(item) and "ray" not in item.keywords:
+            item.add_marker(ray_mark)
+    # Stable: the order within each group is pytest's own.
+    items.sort(key=_is_integration)
+
     import torch
 
     if torch.cuda.is_available():

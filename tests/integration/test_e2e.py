@@ -17,43 +17,37 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
+from helpers import (
+    FIXTURE_TEST,
+    FIXTURE_TRAIN,
+    QUICKSTART,
+    REPO_ROOT,
+    checkpoints,
+    fixture_overrides,
+    read_metrics,
+    read_summary,
+)
 
 from rayaccel.cli import main
 from rayaccel.data.metadata import ShardInfo, ShardSetMeta, read_meta, write_meta
 
 pytestmark = pytest.mark.ray
 
-QUICKSTART = str(REPO_ROOT / "jobs" / "quickstart.yaml")
-
-
-def _fixture_overrides(storage: Path, name: str) -> list[str]:
-    return [
-        f"data.train={FIXTURE_TRAIN}",
-        f"data.val={FIXTURE_TEST}",
-        f"run.storage_path={storage}",
-        f"run.name={name}",
-    ]
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
 
 def test_two_worker_run_writes_a_complete_run_folder(ray_session, tmp_path, capsys):
     # Channels-last here (2 workers, DDP): every other end-to-end run trains NCHW.
-    overrides = _fixture_overrides(tmp_path, "e2e") + ["train.epochs=2", "train.channels_last=true"]
+    overrides = fixture_overrides(tmp_path, "e2e") + ["train.epochs=2", "train.channels_last=true"]
     assert main(["run", QUICKSTART, *overrides]) == 0
     out = capsys.readouterr().out
 
     run_dir = tmp_path / "e2e"
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     assert summary["epochs_completed"] == 2
     assert summary["final_val_acc"] > 0.6, summary  # ~0.8 after two epochs
     assert summary["eval_resolution_px"] == 28
     assert f"results in {run_dir}" in out
 
-    rows = _metrics(run_dir)
+    rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [0, 1]
     for row in rows:
         # 4,000 rows over 2 workers, 64 per worker per step, last partial batch dropped.
@@ -65,8 +59,7 @@ def test_two_worker_run_writes_a_complete_run_folder(ray_session, tmp_path, caps
     assert rows[0]["train_loss"] > rows[1]["train_loss"]
     assert (run_dir / "job.yaml").read_text().startswith("data:")
     assert json.loads((run_dir / "plan.json").read_text())["stages"][0]["steps_per_epoch"] == 31
-    checkpoints = [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]
-    assert len(checkpoints) == 2  # keep_checkpoints: 2
+    assert len(checkpoints(run_dir)) == 2  # keep_checkpoints: 2
 
 
 def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_session, tmp_path):
@@ -78,7 +71,7 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
         "rayaccel",
         "run",
         QUICKSTART,
-        *_fixture_overrides(tmp_path, "quickstart"),
+        *fixture_overrides(tmp_path, "quickstart"),
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_session}
     first = subprocess.Popen(
@@ -101,7 +94,7 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    interrupted_rows = _metrics(run_dir)
+    interrupted_rows = read_metrics(run_dir)
     assert 2 <= len(interrupted_rows) < 8
 
     second = subprocess.run(
@@ -118,9 +111,9 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
     ]
     assert trained_again == list(range(resumed_at + 1, 9))
 
-    rows = _metrics(run_dir)
+    rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == list(range(8))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     assert summary["epochs_completed"] == 8
     assert summary["images_seen"] == 8 * 31 * 128
     assert summary["final_val_acc"] >= 0.80, summary
@@ -199,9 +192,9 @@ def test_corrupt_rows_are_skipped_and_counted(ray_session, tmp_path):
         "run.name=skip",
     ]
     assert main(["run", QUICKSTART, *overrides]) == 0
-    rows = _metrics(tmp_path / "skip")
+    rows = read_metrics(tmp_path / "skip")
     # 512 rows split evenly over 2 workers in whole batches: every row is seen each epoch.
     assert [r["bad_rows_skipped"] for r in rows] == [2, 2]
     assert [r["train_images"] for r in rows] == [510, 510]
-    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    summary = read_summary(tmp_path / "skip")
     assert summary["bad_rows_skipped"] == 4

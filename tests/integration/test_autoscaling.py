@@ -24,12 +24,11 @@ from pathlib import Path
 
 import pytest
 import ray._private.services
-from conftest import FIXTURE_TRAIN, REPO_ROOT
-from test_submit import RAY_CLI, free_port, head_env, stop_head
+from helpers import FIXTURE_TRAIN, QUICKSTART, free_port, read_metrics, read_summary
+from ray_heads import RAY_CLI, head_env, stop_head
 
 pytestmark = pytest.mark.ray
 
-QUICKSTART = str(REPO_ROOT / "jobs" / "quickstart.yaml")
 HEAD_START_TIMEOUT_S = 90
 RUN_TIMEOUT_S = 600  # generous: other work may share the cores
 # Node ids the fake provider gives the nodes it launches (the head's id is random).
@@ -156,9 +155,9 @@ def test_job_larger_than_the_head_scales_the_cluster_up_and_completes(autoscalin
     assert process.returncode == 0, log.read_text()[-4000:]
 
     run_dir = tmp_path / "autoscaled"
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     assert summary["epochs_completed"] == 1
-    (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    (row,) = read_metrics(run_dir)
     assert row["world_size"] == 2
     # At least one training worker ran on a node the autoscaler launched.
     nodes = [w["node_id"] for w in row["workers"]]

@@ -7,41 +7,25 @@ per-stage resize, both with 2 workers.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-import yaml
-from conftest import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
+from helpers import checkpoints, read_job, read_metrics, read_summary, write_job
 
 from rayaccel.cli import main
 
 pytestmark = pytest.mark.ray
 
 
-def _write(tmp_path: Path, job: dict, name: str) -> Path:
-    job["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
-    job["run"].update(name=name, storage_path=str(tmp_path))
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return path
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_fast_recipe_trains_in_device_mode_with_every_trick(ray_session, tmp_path):
-    job = yaml.safe_load((REPO_ROOT / "jobs" / "fashion-mnist-fast.yaml").read_text())
+    job = read_job("fashion-mnist-fast.yaml")
     job["train"].update(epochs=3, log_every_steps=100)
     job["train"]["schedule"]["points"] = [[0, 0.1], [1, 1], [3, 0]]
     job["data"]["augment"]["cutout_px"] = 4  # exercised too, though off in the shipped job
-    path = _write(tmp_path, job, "fast")
+    path = write_job(tmp_path, job, "fast")
 
     assert main(["run", str(path)]) == 0
-    rows = _rows(tmp_path / "fast")
-    summary = json.loads((tmp_path / "fast" / "summary.json").read_text())
+    rows = read_metrics(tmp_path / "fast")
+    summary = read_summary(tmp_path / "fast")
 
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     # 2000 rows per worker in batches of 128: 15 steps, 1920 images per worker and epoch.
@@ -52,8 +36,8 @@ def test_fast_recipe_trains_in_device_mode_with_every_trick(ray_session, tmp_pat
     assert summary["final_val_acc"] > 0.7, rows
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
-    checkpoints = sorted(p for p in (tmp_path / "fast").glob("checkpoint_*") if p.is_dir())
-    state = torch.load(checkpoints[-1] / "state.pt", map_location="cpu", weights_only=False)
+    saved = checkpoints(tmp_path / "fast")
+    state = torch.load(saved[-1] / "state.pt", map_location="cpu", weights_only=False)
     assert state["methods"]["EmaHook"]["ema"]["num_updates"] == 9
     assert state["optimizer"]["k"] == 5  # lookahead's state wraps the SGD state
     assert any(k.startswith("prep.0.0.") for k in state["model"])  # the whitening conv
@@ -62,7 +46,7 @@ def test_fast_recipe_trains_in_device_mode_with_every_trick(ray_session, tmp_pat
 def test_progressive_stages_resize_in_ray_data_and_evaluate_at_the_final_size(
     ray_session, tmp_path
 ):
-    job = yaml.safe_load((REPO_ROOT / "jobs" / "quickstart.yaml").read_text())
+    job = read_job("quickstart.yaml")
     job["train"].update(epochs=2, log_every_steps=100)
     job["train"]["schedule"]["warmup_epochs"] = 0.2
     job["curriculum"] = {
@@ -72,11 +56,11 @@ def test_progressive_stages_resize_in_ray_data_and_evaluate_at_the_final_size(
         "randaug_magnitude": [0, 4],
         "mixup_alpha": [0, 0.2],
     }
-    path = _write(tmp_path, job, "progressive")
+    path = write_job(tmp_path, job, "progressive")
 
     assert main(["run", str(path)]) == 0
-    rows = _rows(tmp_path / "progressive")
-    summary = json.loads((tmp_path / "progressive" / "summary.json").read_text())
+    rows = read_metrics(tmp_path / "progressive")
+    summary = read_summary(tmp_path / "progressive")
     assert [r["stage"] for r in rows] == [0, 1]
     assert [r["resolution_px"] for r in rows] == [20, 28]
     assert [r["randaug_magnitude"] for r in rows] == [0, 4]

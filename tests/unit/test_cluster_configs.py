@@ -19,17 +19,16 @@ from __future__ import annotations
 import copy
 import re
 import shlex
-from pathlib import Path
 
 import jsonschema
 import pytest
 import ray
 import yaml
+from helpers import REPO_ROOT
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from rayaccel.config import load_job
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = REPO_ROOT / "cluster"
 LAUNCHER_CONFIGS = ["aws.yaml", "gcp.yaml"]
 KUBERAY_MANIFESTS = ["kuberay-raycluster.yaml", "kuberay-rayjob.yaml"]

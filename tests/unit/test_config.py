@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import FIXTURE
 
 from rayaccel.config import (
     AugmentConfig,
@@ -22,7 +23,6 @@ from rayaccel.config import (
     resolve_data,
 )
 
-FIXTURE = Path(__file__).resolve().parents[1] / "data" / "fixture" / "fashion-mnist"
 FIXTURE_META = json.loads((FIXTURE / "train" / "metadata.json").read_text())
 
 # The structure of jobs/quickstart.yaml, with absolute data paths so tests run from any folder.

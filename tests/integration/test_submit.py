@@ -12,95 +12,25 @@ Real clusters install it through an image or setup_commands (cluster/README.md).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT, free_port, parse_submit, read_summary
+from ray_heads import RAY_CLI, head_env, stop_head
 
-from rayaccel.submit import add_submit_arguments, connect_job_server, run_submit, submit_job
+from rayaccel.submit import connect_job_server, run_submit, submit_job
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BIN_DIR = Path(sys.executable).parent
-RAY_CLI = str(BIN_DIR / "ray")
 HEAD_START_TIMEOUT_S = 90
 JOB_TIMEOUT_S = 240
-KILL_GRACE_S = 3.0
 # The quickstart warms up for one epoch, which a one-epoch run does not allow.
 ONE_EPOCH = ["train.epochs=1", "train.schedule.warmup_epochs=0"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def head_env() -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
-        env.pop(name, None)
-    env["RAY_AUTH_MODE"] = "disabled"
-    env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, process group) for every process, read from /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        table[int(entry)] = (int(fields[1]), int(fields[2]))
-    return table
-
-
-def head_processes(group: int) -> set[int]:
-    """The head's process group plus all descendants: Ray workers (and the job drivers
-    they spawn) run in process groups of their own, under the raylet."""
-    table = process_table()
-    found = {pid for pid, (_, pgid) in table.items() if pgid == group}
-    while True:
-        children = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
-        if not children:
-            return found
-        found |= children
-
-
-def is_running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def stop_head(group: int) -> None:
-    pids = head_processes(group)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + KILL_GRACE_S
-        while time.monotonic() < deadline and any(is_running(p) for p in pids):
-            time.sleep(0.1)
 
 
 def wait_for_head(process: subprocess.Popen, dashboard_url: str, agent_port: int, log: Path):
@@ -162,15 +92,9 @@ def ray_head():
 
 
 def read_run_folder(folder: Path) -> tuple[dict, list[str]]:
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = read_summary(folder)
     metrics = (folder / "metrics.jsonl").read_text().splitlines()
     return summary, metrics
-
-
-def parse_submit(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="rayaccel submit")
-    add_submit_arguments(parser)
-    return parser.parse_args(argv)
 
 
 @pytest.mark.ray
@@ -255,80 +179,3 @@ def test_run_submit_exits_1_when_the_job_fails(ray_head, capsys):
     out = capsys.readouterr().out
     assert "data.train: data/no-such-dataset" in out
     assert "FAILED: Job entrypoint command failed with exit code 2" in out.splitlines()[-1]
-
-
-def test_submit_arguments_in_the_documented_order():
-    args = parse_submit(["jobs/quickstart.yaml", "train.epochs=1", "--address", "http://h:8265"])
-    assert (args.job, args.overrides, args.address) == (
-        "jobs/quickstart.yaml",
-        ["train.epochs=1"],
-        "http://h:8265",
-    )
-    assert (args.working_dir, args.no_wait, args.runtime_env_json) == (".", False, None)
-
-
-def test_submit_rejects_a_bad_override_before_contacting_the_cluster(capsys):
-    # Nothing listens on the address: the job must fail validation first.
-    args = parse_submit(
-        [
-            str(REPO_ROOT / "jobs" / "quickstart.yaml"),
-            "train.epochs=-1",
-            "--address",
-            f"http://127.0.0.1:{free_port()}",
-            "--working-dir",
-            str(REPO_ROOT),
-        ]
-    )
-    assert run_submit(args) == 2
-    err = capsys.readouterr().err
-    assert "train.epochs" in err
-    assert "Traceback" not in err
-
-
-def test_submit_reports_an_unreachable_address(capsys):
-    args = parse_submit(
-        [
-            str(REPO_ROOT / "jobs" / "quickstart.yaml"),
-            "--address",
-            f"http://127.0.0.1:{free_port()}",
-            "--working-dir",
-            str(REPO_ROOT),
-        ]
-    )
-    assert run_submit(args) == 2
-    err = capsys.readouterr().err
-    assert "cannot reach a Ray job server" in err
-    assert "Traceback" not in err
-
-
-def test_submit_requires_the_job_inside_the_working_dir(capsys, tmp_path):
-    args = parse_submit(
-        [
-            str(REPO_ROOT / "jobs" / "quickstart.yaml"),
-            "--address",
-            "http://127.0.0.1:1",
-            "--working-dir",
-            str(tmp_path),
-        ]
-    )
-    assert run_submit(args) == 2
-    assert "must be inside the uploaded working directory" in capsys.readouterr().err
-
-
-def test_explicit_address_wins_over_ray_address(monkeypatch, capsys):
-    """Ray's client lets $RAY_ADDRESS override an explicit address; rayaccel must not."""
-    explicit = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
-    args = parse_submit(
-        [
-            str(REPO_ROOT / "jobs" / "quickstart.yaml"),
-            "--address",
-            explicit,
-            "--working-dir",
-            str(REPO_ROOT),
-        ]
-    )
-    assert run_submit(args) == 2
-    err = capsys.readouterr().err
-    assert f"--address {explicit}: cannot reach a Ray job server" in err
-    assert os.environ["RAY_ADDRESS"] == "http://127.0.0.1:1"  # restored after connecting

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 from rayaccel.cli import EXIT_BAD_INPUT, main
 from rayaccel.config import ConfigError, load_job, merge_curriculum

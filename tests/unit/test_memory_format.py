@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from test_recipe_wiring import _job
 
 from rayaccel.config import parse_job

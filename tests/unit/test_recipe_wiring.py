@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import yaml
-from conftest import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
+from helpers import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
 from torch import nn
 
 from rayaccel.config import ConfigError, parse_job, resolve_data

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import FIXTURE
 from PIL import Image
 
 from rayaccel.data import formats
@@ -29,7 +30,7 @@ from rayaccel.data.prepare import (
     run_prepare,
 )
 
-FIXTURE_DIR = Path(__file__).resolve().parents[1] / "data" / "fixture" / "fashion-mnist"
+FIXTURE_DIR = FIXTURE
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 

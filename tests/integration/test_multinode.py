@@ -28,14 +28,13 @@ from pathlib import Path
 import pytest
 import ray._common.utils
 import ray._private.utils
-from conftest import FIXTURE_TRAIN, REPO_ROOT
+from helpers import FIXTURE_TRAIN, QUICKSTART, read_summary
 from ray.cluster_utils import Cluster
 
 from rayaccel.train.shard_audit import combine_digests, index_digest
 
 pytestmark = pytest.mark.ray
 
-QUICKSTART = str(REPO_ROOT / "jobs" / "quickstart.yaml")
 RUN_TIMEOUT_S = 600  # generous: other work may share the cores
 # 4,000 fixture rows over 2 workers at 50 per worker and step: 40 steps cover every row.
 COVERING_BATCH = ["train.global_batch_size=100"]
@@ -117,7 +116,7 @@ def test_two_workers_on_two_nodes_train_disjoint_shards_covering_the_epoch(clust
     assert [w["fresh_images"] for w in workers] == [2000, 2000]
     # Disjoint shards whose union is every one of the 4,000 rows.
     assert combine_digests(w["index_digest"] for w in workers) == index_digest(range(4000))
-    summary = json.loads((tmp_path / "spread" / "summary.json").read_text())
+    summary = read_summary(tmp_path / "spread")
     assert summary["epochs_completed"] == 1
 
 
@@ -154,5 +153,5 @@ def test_elastic_group_grows_when_a_node_joins_and_finishes(cluster, tmp_path):
         assert row["global_batch"] == 128
         assert row["train_images"] == 31 * 128
     assert "resumed from checkpoint" in log.read_text()
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     assert summary["epochs_completed"] == 4

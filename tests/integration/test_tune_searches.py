@@ -8,13 +8,12 @@ which it can only do if the first search left no placement group behind.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
+from helpers import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT, SEARCHES_DIR, read_metrics, read_summary
 
 from rayaccel.cli import main
 
@@ -27,7 +26,7 @@ def _in_repo(monkeypatch):
 
 
 def _search_file(tmp_path: Path, file_name: str, **changes) -> Path:
-    search = yaml.safe_load((REPO_ROOT / "searches" / file_name).read_text())
+    search = yaml.safe_load((SEARCHES_DIR / file_name).read_text())
     search.update(storage_path=str(tmp_path / "searches"), **changes)
     search["job_overrides"] = {
         **search.get("job_overrides", {}),
@@ -78,7 +77,7 @@ def test_curriculum_then_lr_scaling_search_in_one_session(ray_session, tmp_path,
     for stage in (0, 1):
         spans = []
         for px in (14, 28):
-            rows = _metrics(folder / "trials" / f"s{stage}-{px}px")
+            rows = read_metrics(folder / "trials" / f"s{stage}-{px}px")
             spans.append(
                 (rows[0]["time_unix_s"] - rows[0]["epoch_time_s"], rows[-1]["time_unix_s"])
             )
@@ -86,7 +85,7 @@ def test_curriculum_then_lr_scaling_search_in_one_session(ray_session, tmp_path,
 
     # Stage 1 continued from stage 0's best checkpoint: it trained only stage 1's epochs.
     for px in (14, 28):
-        rows = _metrics(folder / "trials" / f"s1-{px}px")
+        rows = read_metrics(folder / "trials" / f"s1-{px}px")
         assert [r["stage"] for r in rows] == [1]
         assert rows[0]["epoch"] == 1  # stage 0 took epoch 0
         assert rows[0]["resolution_px"] == px
@@ -113,9 +112,9 @@ def test_curriculum_then_lr_scaling_search_in_one_session(ray_session, tmp_path,
         ]
     )
     assert code == 0
-    rows = _metrics(run_dir)
+    rows = read_metrics(run_dir)
     assert [r["resolution_px"] for r in rows] == chosen
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     assert summary["final_val_acc"] > 0.3
     capsys.readouterr()
     assert _held_placement_groups() == []
@@ -148,8 +147,3 @@ def test_curriculum_then_lr_scaling_search_in_one_session(ray_session, tmp_path,
     rule_file = yaml.safe_load((folder / "lr_rule.yaml").read_text())
     assert set(rule_file["curriculum"]) == {"lr_alpha", "lr_max"}
     assert _held_placement_groups() == []
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    text = (run_dir / "metrics.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import FIXTURE_ROOT
 
 from rayaccel.data.codec import decode_image, encode_image
 from rayaccel.data.device import load_rows
@@ -33,7 +34,6 @@ from rayaccel.data.prepare import (
     run_prepare,
 )
 
-FIXTURE_ROOT = Path(__file__).resolve().parents[1] / "data" / "fixture"
 FASHION_MNIST = FIXTURE_ROOT / "fashion-mnist"
 FASHION_SEG = FIXTURE_ROOT / "fashion-seg"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -237,22 +237,3 @@ def test_device_mode_refuses_segmentation():
     meta = read_meta(FASHION_SEG / "test")
     with pytest.raises(ValueError, match="data.mode: device.*classification only"):
         load_rows(str(FASHION_SEG / "test"), meta, seg_spec(28), np.arange(4))
-
-
-def test_ray_data_pipeline_decodes_fixture_masks(ray_session):
-    from rayaccel.data.pipeline import build_dataset
-
-    meta = read_meta(FASHION_SEG / "test")
-    dataset = build_dataset(
-        str(FASHION_SEG / "test"),
-        meta,
-        seg_spec(28, random_crop_padding_px=2, horizontal_flip=True),
-        shuffle_seed=None,
-        preprocess_cpus=0.5,
-        decode_batch_rows=64,
-    )
-    batch = dataset.take_batch(64, batch_format="numpy")
-    masks, images, labels = batch["mask"], batch["image"][:, 0], batch["label"]
-    assert masks.shape == (64, 28, 28) and masks.dtype == np.uint8
-    assert batch["bad"].sum() == 0
-    assert np.array_equal(masks, (images >= THRESHOLD) * labels[:, None, None])

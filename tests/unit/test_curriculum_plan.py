@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 from rayaccel.config import ConfigError, load_job, parse_job
 from rayaccel.plan import Plan, format_plan, make_plan
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def job_dict(*, image_px=224, workers=8, batch=256, lr=0.1, epochs=300, warmup=5, curriculum=None):

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import ray
 import yaml
-from conftest import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
+from helpers import FIXTURE_TRAIN, checkpoints, read_job, read_metrics, read_summary, write_job
 
 from rayaccel.cli import main
 from rayaccel.config import load_job
@@ -86,26 +85,19 @@ def test_two_consumers_get_disjoint_halves_of_the_keep_set(ray_session):
 
 
 def _job(tmp_path: Path, name: str, workers: int) -> Path:
-    job = yaml.safe_load((REPO_ROOT / "jobs" / "fashion-mnist-infobatch.yaml").read_text())
-    job["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
+    job = read_job("fashion-mnist-infobatch.yaml")
     job["model"]["width_multiplier"] = 0.25
     job["train"].update(epochs=3, global_batch_size=128, log_every_steps=100)
     job["train"]["schedule"]["warmup_epochs"] = 0.5
     job["scaling"]["num_workers"] = workers
-    job["run"].update(name=name, storage_path=str(tmp_path), keep_checkpoints=3)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return path
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    job["run"]["keep_checkpoints"] = 3
+    return write_job(tmp_path, job, name)
 
 
 def test_pruned_run_and_continuation_from_a_checkpoint_prune_identically(ray_session, tmp_path):
     assert main(["run", str(_job(tmp_path, "ib", workers=2))]) == 0
-    rows = _rows(tmp_path / "ib")
-    summary = json.loads((tmp_path / "ib" / "summary.json").read_text())
+    rows = read_metrics(tmp_path / "ib")
+    summary = read_summary(tmp_path / "ib")
 
     # Epoch 0 has no scores yet; epochs 1 and 2 prune (first full epoch = ceil(0.875 * 3) = 3).
     assert rows[0]["infobatch/fraction_pruned"] == 0
@@ -126,11 +118,11 @@ def test_pruned_run_and_continuation_from_a_checkpoint_prune_identically(ray_ses
     # Continue from the checkpoint written after epoch 2 (next epoch 2) in a new run with 1
     # worker: the board's scores come back from the checkpoint, so epoch 2's keep set is the
     # same as in the uninterrupted run.
-    checkpoints = sorted(p for p in (tmp_path / "ib").glob("checkpoint_*") if p.is_dir())
-    assert len(checkpoints) == 3
+    saved = checkpoints(tmp_path / "ib")
+    assert len(saved) == 3
     job = load_job(_job(tmp_path, "ib-continued", workers=1), [])
-    run_job(job, start_checkpoint=str(checkpoints[1]))
-    continued = _rows(tmp_path / "ib-continued")
+    run_job(job, start_checkpoint=str(saved[1]))
+    continued = read_metrics(tmp_path / "ib-continued")
     assert [row["epoch"] for row in continued] == [2]
     assert continued[0]["infobatch/keep_digest"] == rows[2]["infobatch/keep_digest"]
     assert continued[0]["infobatch/kept_samples"] == rows[2]["infobatch/kept_samples"]
@@ -139,18 +131,16 @@ def test_pruned_run_and_continuation_from_a_checkpoint_prune_identically(ray_ses
 def test_infobatch_with_the_etpp_curriculum_and_replay(ray_session, tmp_path):
     """Pruning per epoch, curriculum per stage: 14 px with 2x replay, then 20 and 28 px; then a
     resume in the middle of the curriculum."""
-    job = yaml.safe_load((REPO_ROOT / "jobs" / "quickstart-etpp.yaml").read_text())
-    job["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
+    job = read_job("quickstart-etpp.yaml")
     job["train"].update(epochs=2, log_every_steps=100)
     job["train"]["schedule"]["warmup_epochs"] = 0.2
     job["curriculum"].update(mode="resize", budget_epochs=1.5)
     job["infobatch"] = {"prune_ratio": 0.5, "delta": 1.0}
-    job["run"].update(name="etpp-ib", storage_path=str(tmp_path), keep_checkpoints=3)
-    path = tmp_path / "etpp-ib.yaml"
-    path.write_text(yaml.safe_dump(job))
+    job["run"]["keep_checkpoints"] = 3
+    path = write_job(tmp_path, job, "etpp-ib")
     assert main(["run", str(path)]) == 0
 
-    rows = _rows(tmp_path / "etpp-ib")
+    rows = read_metrics(tmp_path / "etpp-ib")
     assert [r["resolution_px"] for r in rows] == [14, 20, 28]
     assert rows[0]["infobatch/fraction_pruned"] == 0
     assert all(r["infobatch/fraction_pruned"] > 0.1 for r in rows[1:])
@@ -160,7 +150,7 @@ def test_infobatch_with_the_etpp_curriculum_and_replay(ray_session, tmp_path):
         fresh_per_step = row["global_batch"] // row["replay_factor"]
         assert row["fresh_images"] == row["steps"] * fresh_per_step
         assert row["fresh_images"] <= row["infobatch/kept_samples"]
-    summary = json.loads((tmp_path / "etpp-ib" / "summary.json").read_text())
+    summary = read_summary(tmp_path / "etpp-ib")
     assert summary["eval_resolution_px"] == 28 and summary["final_val_acc"] > 0.3
 
     # Resume in the middle of the curriculum (after stage 0): stages 1 and 2 run at their own
@@ -168,11 +158,11 @@ def test_infobatch_with_the_etpp_curriculum_and_replay(ray_session, tmp_path):
     # keep set comes from the checkpointed scores). Epoch 2's keep set comes from epoch 1's
     # losses, which CPU augmentation makes differ between runs, so only its invariants are
     # compared: its step count follows its own keep set.
-    checkpoints = sorted(p for p in (tmp_path / "etpp-ib").glob("checkpoint_*") if p.is_dir())
+    saved = checkpoints(tmp_path / "etpp-ib")
     job["run"]["name"] = "etpp-ib-resumed"
     path.write_text(yaml.safe_dump(job))
-    run_job(load_job(path, []), start_checkpoint=str(checkpoints[0]))
-    resumed = _rows(tmp_path / "etpp-ib-resumed")
+    run_job(load_job(path, []), start_checkpoint=str(saved[0]))
+    resumed = read_metrics(tmp_path / "etpp-ib-resumed")
     assert [r["epoch"] for r in resumed] == [1, 2]
     for key in ("resolution_px", "global_batch", "replay_factor"):
         assert [r[key] for r in resumed] == [r[key] for r in rows[1:]], key

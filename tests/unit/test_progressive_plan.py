@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
+from helpers import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
 
 from rayaccel.config import ConfigError, load_job, parse_job, resolve_data
 from rayaccel.methods.base import StepBatch

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import FIXTURE_TRAIN, REPO_ROOT
 
 from rayaccel.cli import EXIT_BAD_INPUT, main
 from rayaccel.config import load_job, parse_job
 from rayaccel.models import model_exists
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 QUICKSTART = "jobs/quickstart.yaml"
-FIXTURE_TRAIN = REPO / "data" / "fixture" / "fashion-mnist" / "train"
 JOB_FILES = sorted(path.relative_to(REPO).as_posix() for path in (REPO / "jobs").glob("*.yaml"))
 
 

@@ -10,29 +10,29 @@ preconditioning trains through the same loop on one worker.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
+from helpers import (
+    JOBS_DIR,
+    SEG_FIXTURE,
+    checkpoints,
+    read_job,
+    read_metrics,
+    read_summary,
+    write_job,
+)
 
 from rayaccel.cli import main
 
 pytestmark = pytest.mark.ray
-
-SEG_FIXTURE = REPO_ROOT / "data" / "fixture" / "fashion-seg"
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_segmentation_with_agvm_on_two_workers(ray_session, tmp_path, capsys):
     code = main(
         [
             "run",
-            str(REPO_ROOT / "jobs" / "fashion-seg-agvm.yaml"),
+            str(JOBS_DIR / "fashion-seg-agvm.yaml"),
             f"data.train={SEG_FIXTURE / 'train'}",
             f"data.val={SEG_FIXTURE / 'test'}",
             f"run.storage_path={tmp_path}",
@@ -48,8 +48,8 @@ def test_segmentation_with_agvm_on_two_workers(ray_session, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "val_miou" in out
-    rows = _rows(tmp_path / "seg")
-    summary = json.loads((tmp_path / "seg" / "summary.json").read_text())
+    rows = read_metrics(tmp_path / "seg")
+    summary = read_summary(tmp_path / "seg")
     # 2,000 rows per worker in batches of 128: 15 steps per epoch, 30 in all; measurements at
     # steps 3, 7, ..., 27: 4 in epoch 1 (3, 7, 11) -> 3, then 19, 23, 27 (and 15) -> 4.
     assert [r["steps"] for r in rows] == [15, 15]
@@ -71,8 +71,8 @@ def test_segmentation_with_agvm_on_two_workers(ray_session, tmp_path, capsys):
     plan = json.loads((tmp_path / "seg" / "plan.json").read_text())
     assert plan["stages"][0]["peak_lr"] == pytest.approx(0.08)
 
-    checkpoints = sorted(p for p in (tmp_path / "seg").glob("checkpoint_*") if p.is_dir())
-    state = torch.load(checkpoints[-1] / "state.pt", map_location="cpu", weights_only=False)
+    saved = checkpoints(tmp_path / "seg")
+    state = torch.load(saved[-1] / "state.pt", map_location="cpu", weights_only=False)
     agvm = state["methods"]["AgvmHook"]
     assert agvm["step"] == 30 and agvm["agvm"]["num_updates"] == 7
     assert agvm["agvm"]["mu"]["head"] == pytest.approx(rows[-1]["agvm/mu/head"])
@@ -80,21 +80,18 @@ def test_segmentation_with_agvm_on_two_workers(ray_session, tmp_path, capsys):
 
 
 def test_classifier_with_lamb_sqrt_rule_and_agvm(ray_session, tmp_path):
-    job = yaml.safe_load((REPO_ROOT / "jobs" / "quickstart.yaml").read_text())
-    job["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
-    job["run"].update(name="lamb", storage_path=str(tmp_path))
+    job = read_job("quickstart.yaml")
     job["train"].update(epochs=1, global_batch_size=256, log_every_steps=100)
     job["train"]["schedule"]["warmup_epochs"] = 0.3
     job["train"]["optimizer"] = {"name": "lamb", "lr": 0.005, "weight_decay": 0.01}
     job["train"]["lr_scaling"] = {"rule": "sqrt", "base_batch": 64}
     job["scaling"].update(num_workers=1, resources_per_worker={"CPU": 1})
     job["agvm"] = {"start_step": 0, "interval": 3}
-    path = tmp_path / "lamb.yaml"
-    path.write_text(yaml.safe_dump(job))
+    path = write_job(tmp_path, job, "lamb")
 
     assert main(["run", str(path)]) == 0
-    rows = _rows(tmp_path / "lamb")
-    summary = json.loads((tmp_path / "lamb" / "summary.json").read_text())
+    rows = read_metrics(tmp_path / "lamb")
+    summary = read_summary(tmp_path / "lamb")
     # 4,000 images in batches of 256: 15 steps, measured at 0, 3, ..., 12.
     assert rows[0]["steps"] == 15 and rows[0]["agvm/measurements"] == 5
     assert set(k for k in rows[0] if k.startswith("agvm/mu/")) == {

@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
+from helpers import read_job, read_metrics, read_summary, write_job
 
 from rayaccel.cli import main
 
@@ -19,18 +18,14 @@ pytestmark = pytest.mark.ray
 
 
 def _three_stage_job(tmp_path: Path, mode: str, **sections) -> Path:
-    job = yaml.safe_load((REPO_ROOT / "jobs" / "quickstart-etpp.yaml").read_text())
+    job = read_job("quickstart-etpp.yaml")
     for section, fields in sections.items():
         job[section].update(fields)
-    job["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
     job["train"].update(epochs=2, log_every_steps=100)
     job["train"]["schedule"]["warmup_epochs"] = 0.2
     # Stage data epochs: 0.5 * (28/14)^2 = 2 at 2x replay -> 1 epoch; 0.98 -> 1; 0.5 -> 1.
     job["curriculum"].update(mode=mode, budget_epochs=1.5)
-    job["run"].update(name=f"etpp-{mode}", storage_path=str(tmp_path))
-    path = tmp_path / f"etpp-{mode}.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return path
+    return write_job(tmp_path, job, f"etpp-{mode}")
 
 
 @pytest.mark.parametrize("mode", ["resize", "fft"])
@@ -42,8 +37,8 @@ def test_three_stage_curriculum_runs_each_stage_as_planned(ray_session, tmp_path
 
     assert main(["run", str(job_path)]) == 0
     run_dir = tmp_path / f"etpp-{mode}"
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = read_metrics(run_dir)
+    summary = read_summary(run_dir)
 
     assert [r["stage"] for r in rows] == [0, 1, 2]
     assert [r["resolution_px"] for r in rows] == [14, 20, 28]
@@ -81,8 +76,8 @@ def test_curriculum_on_device_resident_data_down_samples_on_the_workers(ray_sess
 
     assert main(["run", str(job_path)]) == 0
     run_dir = tmp_path / "etpp-resize"
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = read_metrics(run_dir)
+    summary = read_summary(run_dir)
     assert [r["resolution_px"] for r in rows] == [14, 20, 28]
     assert [r["global_batch"] for r in rows] == [512, 250, 128]
     assert [r["randaug_magnitude"] for r in rows] == [0, 0, 0]

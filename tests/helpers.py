@@ -1,0 +1,93 @@
+"""Paths and small builders shared by the test files.
+
+Test files import it as `helpers`: pytest puts `tests/` on `sys.path` for its `conftest.py`
+(rootdir-relative imports, no `__init__.py` packages), whatever subfolder the test lives in.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JOBS_DIR = REPO_ROOT / "jobs"
+SEARCHES_DIR = REPO_ROOT / "searches"
+FIXTURE_ROOT = REPO_ROOT / "data" / "fixture"
+FIXTURE = FIXTURE_ROOT / "fashion-mnist"
+FIXTURE_TRAIN = FIXTURE / "train"
+FIXTURE_TEST = FIXTURE / "test"
+SEG_FIXTURE = FIXTURE_ROOT / "fashion-seg"
+QUICKSTART = str(JOBS_DIR / "quickstart.yaml")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_job(name: str) -> dict:
+    """A shipped job file (`jobs/<name>`) as a mapping, to edit before `write_job`."""
+    return yaml.safe_load((JOBS_DIR / name).read_text())
+
+
+def write_job(tmp_path: Path, job: dict, name: str) -> Path:
+    """Writes `job` as `tmp_path/<name>.yaml`, training on the bundled fixture and writing its
+    run folder to `tmp_path/<name>`; returns the file's path."""
+    job["data"].update(train=str(FIXTURE_TRAIN), val=str(FIXTURE_TEST))
+    job["run"].update(name=name, storage_path=str(tmp_path))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def fixture_overrides(storage: Path, name: str) -> list[str]:
+    """`rayaccel run` overrides: train on the fixture, write the run to `storage/name`."""
+    return [
+        f"data.train={FIXTURE_TRAIN}",
+        f"data.val={FIXTURE_TEST}",
+        f"run.storage_path={storage}",
+        f"run.name={name}",
+    ]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of a run folder's `metrics.jsonl`, one per epoch."""
+    text = (run_dir / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """A run folder's checkpoint folders, oldest first."""
+    return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+
+
+def parse_submit(argv: list[str]):
+    """`rayaccel submit`'s arguments parsed as the CLI parses them."""
+    import argparse
+
+    from rayaccel.submit import add_submit_arguments
+
+    parser = argparse.ArgumentParser(prog="rayaccel submit")
+    add_submit_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def load_benchmark(name: str):
+    """A script of `benchmarks/` imported as a module (`benchmarks/<name>.py`)."""
+    import importlib
+    import sys
+
+    # Scripts import `common` from their own folder, as `python benchmarks/x.py` allows.
+    if str(REPO_ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    # A registered module: dataclasses in a script look their module up in sys.modules.
+    return importlib.import_module(name)
