@@ -7,7 +7,7 @@ fixture, one worker, batches of 32); `OFF` says how the job writes the method sw
 
 from __future__ import annotations
 
-from conftest import FIXTURE_TEST, FIXTURE_TRAIN
+from helpers import FIXTURE_TEST, FIXTURE_TRAIN
 
 BASE_JOB = {
     "data": {

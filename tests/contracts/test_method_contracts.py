@@ -31,6 +31,8 @@ from rayaccel.train.loop import Trainer, _Progress
 from rayaccel.train.runner import build_run
 
 NAMES = [spec.name for spec in METHODS]
+# Methods with a driver-side Ray actor run on the shared local Ray instance (marked `ray`).
+CASES = [pytest.param(name, marks=pytest.mark.ray) if name in NEEDS_RAY else name for name in NAMES]
 
 
 def _merged(base: dict, extra: dict) -> dict:
@@ -162,7 +164,7 @@ def test_every_registered_method_has_a_row():
     assert set(CANONICAL) == set(NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_switched_off_it_builds_the_baseline(name, resources):
     baseline = _job()
     off = _job(_off(name))
@@ -173,7 +175,7 @@ def test_switched_off_it_builds_the_baseline(name, resources):
     assert _same_state(first.optimizer.state_dict(), second.optimizer.state_dict())
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_switched_on_it_reaches_the_spec_and_rayaccel_plan(name, tmp_path):
     job = _job(CANONICAL[name])
     spec = method_spec(name)
@@ -191,7 +193,7 @@ def test_switched_on_it_reaches_the_spec_and_rayaccel_plan(name, tmp_path):
     assert f"{name} ({spec.key})" in out.getvalue().splitlines()[-1]
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_its_section_rejects_an_unknown_key_with_the_allowed_ones(name):
     spec = method_spec(name)
     section, _, member = spec.key.partition(".")
@@ -209,10 +211,8 @@ def test_its_section_rejects_an_unknown_key_with_the_allowed_ones(name):
     assert line.startswith(f"contract: {spec.key}.not_a_key: unknown key; allowed: ")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_a_resumed_run_repeats_the_uninterrupted_one(name, resources, tmp_path):
-    if name in NEEDS_RAY:
-        pytest.importorskip("ray")
     job = _job(CANONICAL[name])
     whole = _trainer(job, resources)
     epochs = whole.plan.total_epochs

@@ -18,14 +18,14 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 from rayaccel.config import apply_overrides, parse_job, read_yaml, resolve_data
 from rayaccel.data.metadata import read_meta
 from rayaccel.plan import format_plan, make_plan
 from rayaccel.tune.spec import load_search
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TABLES = Path(__file__).resolve().parent / "data" / "plan_tables"
+TABLES = REPO_ROOT / "tests" / "data" / "plan_tables"
 
 # What `rayaccel data prepare` would record for the data sets the jobs point at.
 _DATASETS = {

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import grimp
+from helpers import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = REPO_ROOT / "rayaccel"
 
 
