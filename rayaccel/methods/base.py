@@ -91,6 +91,23 @@ class WorkerContext:
     training_images: Any
 
 
+@dataclass
+class DriverPart:
+    """What a method runs on the driver for the length of a run (InfoBatch's score board).
+
+    Attributes:
+        resources: Objects handed to every worker (`WorkerContext.resources`), e.g. actors.
+        row_filter: A Ray Data batch function training pipelines apply right after reading
+            (before the shuffle and the decode), with `row_filter_kwargs`; None: none.
+        release: Called once the run ended, successfully or not (e.g. kills an actor).
+    """
+
+    resources: dict[str, Any]
+    row_filter: Any = None
+    row_filter_kwargs: dict[str, Any] | None = None
+    release: Any = None
+
+
 class Hook:
     """A method's view of the trainer; every point defaults to doing nothing."""
 

@@ -68,6 +68,9 @@ class MethodSpec:
             on the workers only, so the schema stays free of torch.
         model_kwargs: `model_kwargs(job, plan)`: keyword arguments the method adds to the
             model's construction (progressive learning's largest drop-path rate).
+        driver: `module:function` of `driver_part(job, plan) -> DriverPart`, what the
+            method runs on the driver (Ray actors, a Ray Data row filter); imported by the
+            runner only.
     """
 
     name: str
@@ -83,11 +86,17 @@ class MethodSpec:
     settings_type: type | None = None
     hooks: str | None = None
     model_kwargs: Callable[[Any, Any], dict[str, Any]] | None = None
+    driver: str | None = None
 
     def hook_factory(self) -> Callable[[Any, Any], list]:
         """`hooks_for(settings, context)` of the method, imported on the worker (torch)."""
-        module, attribute = self.hooks.split(":")
-        return getattr(importlib.import_module(module), attribute)
+        return _resolve(self.hooks)
+
+    def driver_part(self, job: Any, plan: Any) -> Any:
+        """The method's `DriverPart` for a run, or None when it has none or is off."""
+        if self.driver is None or not self.enabled(job):
+            return None
+        return _resolve(self.driver)(job, plan)
 
     def enabled(self, job: Any) -> bool:
         """Whether `job` (a validated `JobConfig`) uses this method."""
@@ -97,6 +106,11 @@ class MethodSpec:
         if self.variants:
             return isinstance(value, tuple(self.variants.values()))
         return value is not None and value is not False
+
+
+def _resolve(path: str) -> Callable:
+    module, attribute = path.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 METHODS: tuple[MethodSpec, ...] = (
@@ -223,6 +237,7 @@ METHODS: tuple[MethodSpec, ...] = (
         settings=infobatch.worker_settings,
         settings_type=infobatch.InfoBatchSettings,
         hooks="rayaccel.methods.infobatch.hook:hooks_for",
+        driver="rayaccel.methods.infobatch.hook:driver_part",
     ),
     MethodSpec(
         "agvm",
@@ -273,3 +288,8 @@ def methods_line(job: Any) -> str:
     """The methods a job uses, as `rayaccel plan` prints them."""
     used = [f"{spec.name} ({spec.key})" for spec in METHODS if spec.enabled(job)]
     return "methods: " + (", ".join(used) if used else "none (the baseline)")
+
+
+def driver_parts(job: Any, plan: Any) -> list[Any]:
+    """The `DriverPart` of every method the job uses that runs something on the driver."""
+    return [part for spec in METHODS if (part := spec.driver_part(job, plan)) is not None]

@@ -32,7 +32,8 @@ from rayaccel.core.compute import pixel_compute
 from rayaccel.core.storage import RunFolder
 from rayaccel.data.metadata import read_meta
 from rayaccel.data.pipeline import BAD_ROW_MARK, DecodeSpec, build_dataset
-from rayaccel.methods.infobatch.hook import ScoreBoard, keep_rows
+from rayaccel.methods.base import DriverPart
+from rayaccel.methods.registry import driver_parts
 from rayaccel.plan import Plan, make_plan
 from rayaccel.report import compute_px_images, load_run, write_report
 from rayaccel.train.loop import train_loop_per_worker
@@ -147,12 +148,12 @@ def run_job(
     # Ray Data's per-operator progress bars interleave with the epoch lines; the loop's own
     # progress line says what a user needs (set before the trainer copies the context).
     ray.data.DataContext.get_current().enable_progress_bars = False
-    board = _score_board(job, plan)
+    parts = driver_parts(job, plan)
     # Device mode: every worker decodes its part of the splits itself, once.
-    datasets = {} if job.data.mode == "device" else _datasets(job, plan, board=board)
+    datasets = {} if job.data.mode == "device" else _datasets(job, plan, spec, parts)
     scaling = job.scaling
     loop_config = spec.to_dict()
-    loop_config["resources"] = {"infobatch_board": board} if board is not None else {}
+    loop_config["resources"] = {k: v for part in parts for k, v in part.resources.items()}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -178,8 +179,9 @@ def run_job(
     except ray.train.TrainingFailedError as err:
         raise RunFailed(_root_cause(err)) from err
     finally:
-        if board is not None:
-            ray.kill(board)
+        for part in parts:
+            if part.release is not None:
+                part.release()
     free_placement_group((result.return_value or {}).get("placement_group_id"))
     summary = summarize(folder, plan, wall_time_s=time.time() - started_s)
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
@@ -194,23 +196,6 @@ def _write_plots(folder: RunFolder) -> None:
         write_report([load_run(folder.location)], folder.write_bytes, table=False)
     except Exception as err:  # plots are a convenience; the run is done and saved
         print(f"[rayaccel] warning: could not write the plots: {err!r}", file=sys.stderr)
-
-
-def _score_board(job: JobConfig, plan: Plan):
-    """The run's InfoBatch score board actor, or None when the job does not prune.
-
-    A fresh board starts every `fit()`; a resumed run's loop restores the scores from its
-    checkpoint before planning the next epoch.
-    """
-    if job.infobatch is None:
-        return None
-    return ScoreBoard.remote(
-        read_meta(job.data.train).count,
-        prune_ratio=job.infobatch.prune_ratio,
-        delta=job.infobatch.delta,
-        total_epochs=plan.total_epochs,
-        seed=job.train.seed,
-    )
 
 
 def free_placement_group(placement_group_id: str | None) -> bool:
@@ -234,38 +219,46 @@ def free_placement_group(placement_group_id: str | None) -> bool:
     return True
 
 
-def _datasets(job: JobConfig, plan: Plan, *, board=None) -> dict:
+def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPart]) -> dict:
     """Ray Data pipelines by name: `train` (or `train_s<i>` per stage) and `val[_<B>px]`.
 
-    With an InfoBatch `board`, training pipelines drop the epoch's pruned rows right after
-    reading (before the shuffle and the decode) and carry each kept row's loss weight.
+    A method's row filter (InfoBatch's) makes training pipelines drop the epoch's pruned rows
+    right after reading (before the shuffle and the decode), each kept row carrying its loss
+    weight.
     """
     data = job.data
-    spec = DecodeSpec(
+    worker_flip = spec.data.worker_augment.flip if spec.data.worker_augment else "none"
+    decode = DecodeSpec(
         image_size_px=data.image_size_px,
         channels=data.channels,
         num_classes=data.num_classes,
         on_bad_row=data.on_bad_row,
         task=data.task or "classification",
         random_crop_padding_px=data.augment.random_crop_padding_px,
-        # Alternating flips are done on the worker (by sample index and epoch).
-        horizontal_flip=data.augment.horizontal_flip and not job.tricks.alternating_flip,
+        # Flips the worker does (alternating by sample index and epoch) are not done here.
+        horizontal_flip=data.augment.horizontal_flip and worker_flip == "none",
     )
     common = {
         "preprocess_cpus": job.scaling.preprocess_cpus,
         "decode_batch_rows": data.decode_batch_rows,
     }
     train_meta = read_meta(data.train)
+    filters = [part for part in parts if part.row_filter is not None]
+    if len(filters) > 1:
+        raise ValueError("only one method may filter the training rows")
     pruning = {}
-    if board is not None:
-        pruning = {"row_filter": keep_rows, "row_filter_kwargs": {"board": board}}
+    if filters:
+        pruning = {
+            "row_filter": filters[0].row_filter,
+            "row_filter_kwargs": filters[0].row_filter_kwargs,
+        }
     datasets = {}
     for stage in plan.stages:
-        stage_spec = spec
+        stage_spec = decode
         if plan.lowpass_mode is not None:
             low_res = plan.lowpass_mode == "resize" and stage.resolution_px < data.image_size_px
             stage_spec = dataclasses.replace(
-                spec,
+                decode,
                 randaug_magnitude=stage.randaug_magnitude,
                 output_size_px=stage.resolution_px if low_res else None,
             )

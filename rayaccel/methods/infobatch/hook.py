@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from rayaccel.core.distributed import barrier
-from rayaccel.methods.base import Hook, StepBatch, WorkerContext
+from rayaccel.methods.base import DriverPart, Hook, StepBatch, WorkerContext
 from rayaccel.methods.infobatch.config import InfoBatchSettings
 from rayaccel.methods.infobatch.scores import (
     EpochSelection,
@@ -201,3 +201,22 @@ class InfoBatchHook(Hook):
 
 def hooks_for(settings: InfoBatchSettings, context: WorkerContext) -> list[Hook]:
     return [InfoBatchHook(context.resources["infobatch_board"], rank=context.rank)]
+
+
+def driver_part(job: Any, plan: Any) -> DriverPart:
+    """The run's score board, handed to the workers, and the row filter that drops the
+    epoch's pruned rows in Ray Data. A fresh board starts every `fit()`; a resumed run's
+    loop restores the scores from its checkpoint before planning the next epoch."""
+    board = ScoreBoard.remote(
+        plan.train_samples,
+        prune_ratio=job.infobatch.prune_ratio,
+        delta=job.infobatch.delta,
+        total_epochs=plan.total_epochs,
+        seed=job.train.seed,
+    )
+    return DriverPart(
+        resources={"infobatch_board": board},
+        row_filter=keep_rows,
+        row_filter_kwargs={"board": board},
+        release=lambda: ray.kill(board),
+    )
