@@ -505,7 +505,8 @@ def _progressive_plan(job: JobConfig, train_samples: int, *, steps_per_epoch: in
 
 def _epoch_schedule(job: JobConfig) -> dict:
     """The job's LR schedule over epochs (cosine warmup lengthened by `scale_warmup`)."""
-    schedule = job.train.schedule.model_dump()
+    # JSON-plain values (lists, not tuples): a plan travels to the workers and into plan.json.
+    schedule = job.train.schedule.model_dump(mode="json")
     if isinstance(job.train.schedule, CosineSchedule):
         schedule["total_epochs"] = job.train.epochs
         schedule["warmup_epochs"] = job.warmup_epochs
