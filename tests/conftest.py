@@ -57,6 +57,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def small_fixture(tmp_path_factory) -> tuple[Path, Path]:
+    """(train, test) split folders with the bundled fixture's first 1,024 training and 256
+    test images, for tests whose checks do not depend on the data (written once a session)."""
+    from helpers import FIXTURE_TEST, FIXTURE_TRAIN, write_subset
+
+    root = tmp_path_factory.mktemp("small-fixture")
+    return (
+        write_subset(FIXTURE_TRAIN, root / "train", 1024),
+        write_subset(FIXTURE_TEST, root / "test", 256),
+    )
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """A local Ray instance with 2 logical CPUs, shared by every test that needs Ray.
 

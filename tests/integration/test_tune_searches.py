@@ -25,7 +25,6 @@ from helpers import (
     SEARCHES_DIR,
     read_metrics,
     read_summary,
-    write_subset,
 )
 
 from rayaccel.cli import main
@@ -67,7 +66,9 @@ def _overlap(intervals: list[tuple[float, float]]) -> bool:
     return b_start < a_end
 
 
-def test_curriculum_then_lr_scaling_search_in_one_session(ray_session, tmp_path, capsys):
+def test_curriculum_then_lr_scaling_search_in_one_session(
+    ray_session, small_fixture, tmp_path, capsys
+):
     # ---- curriculum search: 2 stages x {14, 28} px
     search = _search_file(
         tmp_path, "quickstart-curriculum.yaml", name="cur", candidates_px=[14, 28]
@@ -138,14 +139,10 @@ def test_curriculum_then_lr_scaling_search_in_one_session(ray_session, tmp_path,
     assert _held_placement_groups() == []
 
     # ---- a second search in the same Ray session: LR scaling, 2 batch sizes x 2 multipliers
-    small = (
-        write_subset(FIXTURE_TRAIN, tmp_path / "small" / "train", 1024),
-        write_subset(FIXTURE_TEST, tmp_path / "small" / "test", 256),
-    )
     search = _search_file(
         tmp_path,
         "quickstart-lr-scaling.yaml",
-        data=small,
+        data=small_fixture,
         name="lr",
         batch_sizes=[64, 128],
         lr_multipliers=[0.5, 2],
