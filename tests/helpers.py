@@ -91,3 +91,31 @@ def load_benchmark(name: str):
         sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     # A registered module: dataclasses in a script look their module up in sys.modules.
     return importlib.import_module(name)
+
+
+def write_subset(split_dir: Path, out_dir: Path, rows: int) -> Path:
+    """The first `rows` rows of a split (one shard) as a split folder of their own in `out_dir`.
+
+    The bundled fixture's rows are in random class order, so the first rows hold every class.
+    Mean and std stay the whole split's.
+    """
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from rayaccel.data.metadata import ShardInfo, read_meta, write_meta
+
+    meta = read_meta(split_dir)
+    table = pq.read_table(split_dir / meta.shards[0].file).slice(0, rows)
+    assert table.num_rows == rows, f"{split_dir} has fewer than {rows} rows in its first shard"
+    labels = table.column("label").to_pylist()
+    out_dir.mkdir(parents=True)
+    pq.write_table(table, out_dir / "part-00000.parquet")
+    subset = dataclasses.replace(
+        meta,
+        count=rows,
+        class_counts=tuple(labels.count(k) for k in range(meta.num_classes)),
+        shards=(ShardInfo(file="part-00000.parquet", first_index=0, count=rows),),
+    )
+    write_meta(subset, out_dir)
+    return out_dir

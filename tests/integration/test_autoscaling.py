@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import ray._private.services
-from helpers import FIXTURE_TRAIN, QUICKSTART, free_port, read_metrics, read_summary
+from helpers import QUICKSTART, free_port, read_metrics, read_summary
 from ray_heads import RAY_CLI, head_env, stop_head
 
 pytestmark = pytest.mark.ray
@@ -131,10 +131,13 @@ def wait_for_gcs(process: subprocess.Popen, gcs_address: str, env: dict, log: Pa
     pytest.fail(f"Ray head not ready after {HEAD_START_TIMEOUT_S} s:\n{log.read_text()}")
 
 
-def test_job_larger_than_the_head_scales_the_cluster_up_and_completes(autoscaling_head, tmp_path):
+def test_job_larger_than_the_head_scales_the_cluster_up_and_completes(
+    autoscaling_head, small_fixture, tmp_path
+):
     gcs_address, env = autoscaling_head
+    # A subset of the fixture: what is checked is where the workers ran, not what they learnt.
     overrides = [
-        f"data.train={FIXTURE_TRAIN}",
+        f"data.train={small_fixture[0]}",
         "data.val=null",
         f"run.storage_path={tmp_path}",
         "run.name=autoscaled",

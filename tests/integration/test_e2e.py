@@ -62,8 +62,14 @@ def test_two_worker_run_writes_a_complete_run_folder(ray_session, tmp_path, caps
     assert len(checkpoints(run_dir)) == 2  # keep_checkpoints: 2
 
 
+# The resumed quickstart trains 4 of its 8 epochs (same schedule shape, cosine after a 1-epoch
+# warmup): measured 0.848, 0.849 and 0.851 final val_acc for seeds 0, 1 and 2 uninterrupted,
+# against the 0.80 it must reach; the full 8 epochs reach about 0.90 (jobs/quickstart.yaml).
+RESUMED_EPOCHS = 4
+
+
 def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_session, tmp_path):
-    """The full quickstart, killed after its second checkpoint and run again."""
+    """The quickstart, killed after its second checkpoint and run again."""
     run_dir = tmp_path / "quickstart"
     command = [
         sys.executable,
@@ -72,6 +78,7 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
         "run",
         QUICKSTART,
         *fixture_overrides(tmp_path, "quickstart"),
+        f"train.epochs={RESUMED_EPOCHS}",
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_session}
     first = subprocess.Popen(
@@ -95,7 +102,7 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     interrupted_rows = read_metrics(run_dir)
-    assert 2 <= len(interrupted_rows) < 8
+    assert 2 <= len(interrupted_rows) < RESUMED_EPOCHS
 
     second = subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
@@ -109,13 +116,13 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
         for line in log.splitlines()
         if "] epoch " in line and " done:" in line
     ]
-    assert trained_again == list(range(resumed_at + 1, 9))
+    assert trained_again == list(range(resumed_at + 1, RESUMED_EPOCHS + 1))
 
     rows = read_metrics(run_dir)
-    assert [r["epoch"] for r in rows] == list(range(8))
+    assert [r["epoch"] for r in rows] == list(range(RESUMED_EPOCHS))
     summary = read_summary(run_dir)
-    assert summary["epochs_completed"] == 8
-    assert summary["images_seen"] == 8 * 31 * 128
+    assert summary["epochs_completed"] == RESUMED_EPOCHS
+    assert summary["images_seen"] == RESUMED_EPOCHS * 31 * 128
     assert summary["final_val_acc"] >= 0.80, summary
 
 

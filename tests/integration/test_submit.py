@@ -33,6 +33,13 @@ JOB_TIMEOUT_S = 240
 ONE_EPOCH = ["train.epochs=1", "train.schedule.warmup_epochs=0"]
 
 
+def small_data(small_fixture: tuple[Path, Path]) -> list[str]:
+    """Overrides that train and validate on a subset of the fixture: these tests check that a
+    submitted job runs and reports, not what it learns (the head is on this machine)."""
+    train, test = small_fixture
+    return [f"data.train={train}", f"data.val={test}"]
+
+
 def wait_for_head(process: subprocess.Popen, dashboard_url: str, agent_port: int, log: Path):
     """Waits for the job server and the node's dashboard agent (jobs run through it)."""
     deadline = time.monotonic() + HEAD_START_TIMEOUT_S
@@ -99,7 +106,7 @@ def read_run_folder(folder: Path) -> tuple[dict, list[str]]:
 
 @pytest.mark.ray
 @pytest.mark.timeout(HEAD_START_TIMEOUT_S + JOB_TIMEOUT_S + 60)
-def test_ray_job_submit_runs_the_quickstart(ray_head):
+def test_ray_job_submit_runs_the_quickstart(ray_head, small_fixture):
     dashboard_url, temp_dir = ray_head
     runs = temp_dir / "runs"
     submission_id = f"rayaccel-cli-{int(time.time())}"
@@ -119,6 +126,7 @@ def test_ray_job_submit_runs_the_quickstart(ray_head):
             "run",
             "jobs/quickstart.yaml",
             *ONE_EPOCH,
+            *small_data(small_fixture),
             f"run.storage_path={runs}",
             "run.name=submitted",
         ],
@@ -140,14 +148,16 @@ def test_ray_job_submit_runs_the_quickstart(ray_head):
 
 @pytest.mark.ray
 @pytest.mark.timeout(HEAD_START_TIMEOUT_S + JOB_TIMEOUT_S + 60)
-def test_submit_job_streams_logs_and_returns_the_status(ray_head):
+def test_submit_job_streams_logs_and_returns_the_status(ray_head, small_fixture):
     dashboard_url, temp_dir = ray_head
     runs = temp_dir / "runs"
     lines: list[str] = []
     status = submit_job(
         REPO_ROOT / "jobs" / "quickstart.yaml",
         address=dashboard_url,
-        overrides=ONE_EPOCH + [f"run.storage_path={runs}", "run.name=api"],
+        overrides=ONE_EPOCH
+        + small_data(small_fixture)
+        + [f"run.storage_path={runs}", "run.name=api"],
         working_dir=REPO_ROOT,
         stream=lines.append,
     )

@@ -4,6 +4,11 @@ The curriculum search (2 stages x 2 candidates) must run its trials concurrently
 stage 1 from stage 0's best checkpoint and write a curriculum file that a job then runs; the
 LR-scaling search (2 batch sizes x 2 multipliers, ASHA) runs next in the same Ray session,
 which it can only do if the first search left no placement group behind.
+
+The curriculum search trains on the whole fixture: its trials must overlap in time, and an
+epoch of 4,000 images is what gives them room to (their start-ups differ by seconds). The
+LR-scaling search asserts nothing that depends on the data, so its 4 trials train on the
+fixture's first 1,024 training and 256 test images.
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT, SEARCHES_DIR, read_metrics, read_summary
+from helpers import (
+    FIXTURE_TEST,
+    FIXTURE_TRAIN,
+    REPO_ROOT,
+    SEARCHES_DIR,
+    read_metrics,
+    read_summary,
+)
 
 from rayaccel.cli import main
 
@@ -25,13 +37,18 @@ def _in_repo(monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
 
 
-def _search_file(tmp_path: Path, file_name: str, **changes) -> Path:
+def _search_file(
+    tmp_path: Path,
+    file_name: str,
+    data: tuple[Path, Path] = (FIXTURE_TRAIN, FIXTURE_TEST),
+    **changes,
+) -> Path:
     search = yaml.safe_load((SEARCHES_DIR / file_name).read_text())
     search.update(storage_path=str(tmp_path / "searches"), **changes)
     search["job_overrides"] = {
         **search.get("job_overrides", {}),
-        "data.train": str(FIXTURE_TRAIN),
-        "data.val": str(FIXTURE_TEST),
+        "data.train": str(data[0]),
+        "data.val": str(data[1]),
     }
     path = tmp_path / file_name
     path.write_text(yaml.safe_dump(search))
@@ -49,7 +66,9 @@ def _overlap(intervals: list[tuple[float, float]]) -> bool:
     return b_start < a_end
 
 
-def test_curriculum_then_lr_scaling_search_in_one_session(ray_session, tmp_path, capsys):
+def test_curriculum_then_lr_scaling_search_in_one_session(
+    ray_session, small_fixture, tmp_path, capsys
+):
     # ---- curriculum search: 2 stages x {14, 28} px
     search = _search_file(
         tmp_path, "quickstart-curriculum.yaml", name="cur", candidates_px=[14, 28]
@@ -123,6 +142,7 @@ def test_curriculum_then_lr_scaling_search_in_one_session(ray_session, tmp_path,
     search = _search_file(
         tmp_path,
         "quickstart-lr-scaling.yaml",
+        data=small_fixture,
         name="lr",
         batch_sizes=[64, 128],
         lr_multipliers=[0.5, 2],
