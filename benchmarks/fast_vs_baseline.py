@@ -67,11 +67,12 @@ def jobs(data: Path, storage: Path, *, smoke: bool, baseline_epochs: int) -> dic
     return {"baseline": baseline, "fast": fast}
 
 
-def time_to_target(rows: list[dict], started_unix_s: float, target: float) -> dict:
-    """First epoch (1-based count) reaching `target` and the wall time until its report."""
-    for row in rows:
-        if row.get("val_acc", 0.0) >= target:
-            return {"epochs": row["epoch"] + 1, "wall_s": row["time_unix_s"] - started_unix_s}
+def time_to_target(epochs: list, started_unix_s: float, target: float) -> dict:
+    """First epoch (1-based count) reaching `target` and the wall time until its report;
+    `epochs` are the run's `EpochRecord`s."""
+    for e in epochs:
+        if e.evaluated and e.val_acc >= target:
+            return {"epochs": e.epoch + 1, "wall_s": e.time_unix_s - started_unix_s}
     return {"epochs": None, "wall_s": None}
 
 
@@ -100,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     ).items():
         started_unix_s = time.time()
         summary = run(raw, source=str(FAST_JOB))
-        rows = RunFolder(summary["run_folder"]).read_metrics()
+        epochs = RunFolder(summary["run_folder"]).read_epochs()
         runs[name] = {
-            "epochs_run": len(rows),
+            "epochs_run": len(epochs),
             "final_val_acc": summary["final_val_acc"],
             "wall_time_s": summary["wall_time_s"],
-            "to_target": time_to_target(rows, started_unix_s, target),
+            "to_target": time_to_target(epochs, started_unix_s, target),
             "run_folder": summary["run_folder"],
         }
     results = {"machine": machine(), "data": str(data), "target": target, "runs": runs}

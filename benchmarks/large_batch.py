@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for name in variants:
         summary = run(all_jobs[name], source=str(JOB))
-        last = RunFolder(summary["run_folder"]).read_metrics()[-1]
+        last = RunFolder(summary["run_folder"]).read_epochs()[-1]
         runs[name] = {
             "global_batch": all_jobs[name]["train"]["global_batch_size"],
             "optimizer": all_jobs[name]["train"]["optimizer"]["name"],
@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             "final_val_pixel_acc": summary["final_val_acc"],
             "wall_time_s": summary["wall_time_s"],
             "train_time_s": summary["train_time_s"],
-            "agvm_mu": {k.split("/")[-1]: v for k, v in last.items() if k.startswith("agvm/mu/")},
+            "agvm_mu": {
+                k.split("/")[-1]: v
+                for k, v in last.method_metrics.items()
+                if k.startswith("agvm/mu/")
+            },
             "run_folder": summary["run_folder"],
         }
     results = {"machine": machine(), "data": str(data), "epochs": epochs, "runs": runs}

@@ -140,15 +140,16 @@ def plain_epochs(job, images, labels) -> tuple[list[float], list[float]]:
     return times_s, cpu_s
 
 
-def compare(plain_s: list[float], rows: list[dict], plain_cpu_s: list[float] | None = None) -> dict:
-    """Per-epoch times of both sides and the steady-state ratios (epoch 1 excluded)."""
-    loop_s = [row["epoch_time_s"] for row in rows]
-    interval_s = [b["time_unix_s"] - a["time_unix_s"] for a, b in zip(rows, rows[1:], strict=False)]
+def compare(plain_s: list[float], epochs: list, plain_cpu_s: list[float] | None = None) -> dict:
+    """Per-epoch times of both sides (`epochs`: the run's `EpochRecord`s) and the
+    steady-state ratios (epoch 1 excluded)."""
+    loop_s = [e.epoch_time_s for e in epochs]
+    interval_s = [b.time_unix_s - a.time_unix_s for a, b in zip(epochs, epochs[1:], strict=False)]
     steady_plain = statistics.mean(plain_s[1:])
     steady_loop = statistics.mean(loop_s[1:])
     steady_interval = statistics.mean(interval_s)
-    wait_s = [row.get("data_wait_s") for row in rows]
-    cpu_s = [row.get("worker_cpu_s") for row in rows]
+    wait_s = [e.data_wait_s for e in epochs]
+    cpu_s = [e.worker_cpu_s for e in epochs]
     return {
         "plain_cpu_s": plain_cpu_s or [None] * len(plain_s),
         "rayaccel_data_wait_s": wait_s,
@@ -243,13 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(raw, source=str(JOB))
     from rayaccel.core.storage import RunFolder
 
-    rows = RunFolder(summary["run_folder"]).read_metrics()
+    epochs = RunFolder(summary["run_folder"]).read_epochs()
     results = {
         "data": str(data),
         "machine": machine(),
         "images": len(labels),
         "channels_last": args.channels_last,
-        **compare(plain_s, rows, plain_cpu_s),
+        **compare(plain_s, epochs, plain_cpu_s),
     }
     print(format_table(results))
     if args.json:

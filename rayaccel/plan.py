@@ -531,8 +531,8 @@ def format_plan(plan: Plan) -> str:
             else "no epoch trains on all data (delta = 1)"
         )
         table += (
-            f"\nInfoBatch: epochs 1-{last_pruned} drop each below-mean-loss sample with "
-            f"probability {plan.prune_ratio:g} (kept ones weigh {weight:.4g}); {annealing}. "
+            f"\nInfoBatch: epochs 1-{last_pruned} drop a share {plan.prune_ratio:g} of the "
+            f"below-mean-loss samples (kept ones weigh {weight:.4g}); {annealing}. "
             "Epoch 1 prunes nothing (no losses yet); steps and compute above are the unpruned "
             "upper bounds."
         )

@@ -5,7 +5,7 @@ numbers are computed by pure functions of a run's `metrics.jsonl` rows and `plan
 table a user reads, the plots and the benchmarks all agree:
 
 - compute is the paper's model, trained images x resolution^2, counted per epoch from what the
-  loop actually trained (`train_images` at `resolution_px`) and expressed in full-resolution
+  loop actually trained (`EpochRecord.train_images` at `resolution_px`) and expressed in full-resolution
   epochs: one unit is the plain job's epoch (`plan.baseline_images_per_epoch` images at
   `plan.full_resolution_px`), so a baseline and its accelerated variants share one axis;
 - wall time per epoch is the time since the first epoch started (`time_unix_s` minus the first
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from matplotlib.figure import Figure
 
 from rayaccel.core.compute import pixel_compute
+from rayaccel.core.records import EpochRecord
 from rayaccel.core.storage import RunFolder
 from rayaccel.plan import Plan
 
@@ -42,10 +43,10 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class RunRecord:
-    """What a report needs of one run: its label, epoch rows, plan and summary (if finished)."""
+    """What a report needs of one run: its label, epochs, plan and summary (if finished)."""
 
     label: str
-    rows: list[dict]
+    epochs: list[EpochRecord]
     plan: Plan
     summary: dict | None = None
 
@@ -62,59 +63,59 @@ def full_epoch_compute_px_images(plan: Plan) -> int:
     return pixel_compute(images, plan.full_resolution_px)
 
 
-def compute_px_images(rows: list[dict]) -> list[int]:
-    """Cumulative trained images x resolution^2 after each epoch row."""
+def compute_px_images(epochs: list[EpochRecord]) -> list[int]:
+    """Cumulative trained images x resolution^2 after each epoch."""
     total = 0
     cumulative = []
-    for row in rows:
-        total += pixel_compute(row["train_images"], row["resolution_px"])
+    for epoch in epochs:
+        total += pixel_compute(epoch.train_images, epoch.resolution_px)
         cumulative.append(total)
     return cumulative
 
 
-def compute_full_epochs(rows: list[dict], plan: Plan) -> list[float]:
-    """Cumulative compute after each epoch row, in full-resolution epochs of the plain job."""
+def compute_full_epochs(epochs: list[EpochRecord], plan: Plan) -> list[float]:
+    """Cumulative compute after each epoch, in full-resolution epochs of the plain job."""
     unit = full_epoch_compute_px_images(plan)
-    return [c / unit for c in compute_px_images(rows)]
+    return [c / unit for c in compute_px_images(epochs)]
 
 
-def elapsed_s(rows: list[dict]) -> list[float]:
-    """Wall time after each epoch row, from the start of the first epoch."""
-    if not rows:
+def elapsed_s(epochs: list[EpochRecord]) -> list[float]:
+    """Wall time after each epoch, from the start of the first epoch."""
+    if not epochs:
         return []
-    start = rows[0]["time_unix_s"] - rows[0]["epoch_time_s"]
-    return [row["time_unix_s"] - start for row in rows]
+    start = epochs[0].time_unix_s - epochs[0].epoch_time_s
+    return [epoch.time_unix_s - start for epoch in epochs]
 
 
-def final_full_resolution_eval(rows: list[dict], full_resolution_px: int) -> dict | None:
-    """The last evaluation row measured at full resolution, or None."""
-    for row in reversed(rows):
-        if "val_acc" in row and row.get("val_resolution_px", row["resolution_px"]) == (
-            full_resolution_px
-        ):
-            return row
+def final_full_resolution_eval(
+    epochs: list[EpochRecord], full_resolution_px: int
+) -> EpochRecord | None:
+    """The last epoch evaluated at full resolution, or None."""
+    for epoch in reversed(epochs):
+        if epoch.evaluated and epoch.eval_resolution_px == full_resolution_px:
+            return epoch
     return None
 
 
 def run_stats(record: RunRecord) -> dict:
     """The numbers the comparison table shows for one run."""
-    rows = record.rows
+    epochs = record.epochs
     summary = record.summary or {}
-    final = final_full_resolution_eval(rows, record.plan.full_resolution_px)
-    compute = compute_px_images(rows)
+    final = final_full_resolution_eval(epochs, record.plan.full_resolution_px)
+    compute = compute_px_images(epochs)
     finished = bool(summary) and summary.get("epochs_completed") == record.plan.total_epochs
     return {
         "label": record.label,
-        "epochs": len(rows),
+        "epochs": len(epochs),
         "epochs_planned": record.plan.total_epochs,
         "finished": finished,
-        "final_val_acc": final["val_acc"] if final else None,
+        "final_val_acc": final.val_acc if final else None,
         "eval_resolution_px": record.plan.full_resolution_px,
-        "wall_time_s": summary.get("wall_time_s") or (elapsed_s(rows) or [0.0])[-1],
-        "train_time_s": sum(row["epoch_time_s"] for row in rows),
+        "wall_time_s": summary.get("wall_time_s") or (elapsed_s(epochs) or [0.0])[-1],
+        "train_time_s": sum(e.epoch_time_s for e in epochs),
         "compute_px_images": compute[-1] if compute else 0,
-        "compute_full_epochs": compute_full_epochs(rows, record.plan)[-1] if rows else 0.0,
-        "median_images_per_s": statistics.median(r["images_per_s"] for r in rows) if rows else 0,
+        "compute_full_epochs": compute_full_epochs(epochs, record.plan)[-1] if epochs else 0.0,
+        "median_images_per_s": statistics.median(e.images_per_s for e in epochs) if epochs else 0,
     }
 
 
@@ -161,12 +162,12 @@ def accuracy_figure(records: list[RunRecord]) -> Figure:
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     by_time, by_compute = fig.subplots(1, 2, sharey=True)
     for record in records:
-        times = elapsed_s(record.rows)
-        compute = compute_full_epochs(record.rows, record.plan)
+        times = elapsed_s(record.epochs)
+        compute = compute_full_epochs(record.epochs, record.plan)
         points = [
-            (t, c, row["val_acc"], row.get("val_resolution_px", row["resolution_px"]))
-            for t, c, row in zip(times, compute, record.rows, strict=True)
-            if "val_acc" in row
+            (t, c, epoch.val_acc, epoch.eval_resolution_px)
+            for t, c, epoch in zip(times, compute, record.epochs, strict=True)
+            if epoch.evaluated
         ]
         if not points:
             continue
@@ -230,8 +231,9 @@ def throughput_figure(records: list[RunRecord]) -> Figure:
     fig = Figure(figsize=(7, 3.8), layout="constrained")
     axis = fig.subplots()
     for record in records:
-        epochs = [row["epoch"] + 1 for row in record.rows]
-        axis.plot(epochs, [row["images_per_s"] for row in record.rows], "o-", label=record.label)
+        numbers = [epoch.epoch + 1 for epoch in record.epochs]
+        throughput = [epoch.images_per_s for epoch in record.epochs]
+        axis.plot(numbers, throughput, "o-", label=record.label)
     axis.set_xlabel("epoch")
     axis.set_ylabel("trained images/s")
     axis.set_ylim(bottom=0)
@@ -268,15 +270,15 @@ def load_run(location: str, *, label: str | None = None) -> RunRecord:
         )
     try:
         plan = Plan.from_dict(json.loads(plan_text))
-        rows = folder.read_metrics()
+        epochs = folder.read_epochs()
     except (ValueError, TypeError, KeyError) as err:
         raise ReportError(f"{location}: unreadable plan.json or metrics.jsonl ({err})") from None
-    if not rows:
+    if not epochs:
         raise ReportError(f"{location}: no finished epoch yet (metrics.jsonl is empty or missing)")
     summary_text = folder.read_text("summary.json")
     return RunRecord(
         label=label or location.rstrip("/").rsplit("/", 1)[-1],
-        rows=rows,
+        epochs=epochs,
         plan=plan,
         summary=json.loads(summary_text) if summary_text else None,
     )

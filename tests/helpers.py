@@ -7,10 +7,15 @@ Test files import it as `helpers`: pytest puts `tests/` on `sys.path` for its `c
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
 import yaml
+
+from rayaccel.config import apply_overrides, parse_job, read_yaml, resolve_data
+from rayaccel.data.metadata import read_meta
+from rayaccel.plan import make_plan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOBS_DIR = REPO_ROOT / "jobs"
@@ -119,3 +124,46 @@ def write_subset(split_dir: Path, out_dir: Path, rows: int) -> Path:
     )
     write_meta(subset, out_dir)
     return out_dir
+
+
+# What `rayaccel data prepare` would record for the data sets the shipped jobs point at.
+_SHIPPED_DATASETS = {
+    "data/fashion-mnist/": dict(channels=1, num_classes=10, train_samples=60_000, size_px=28),
+    "data/cifar10/": dict(channels=3, num_classes=10, train_samples=50_000, size_px=32),
+    "/data/imagenet": dict(channels=3, num_classes=1000, train_samples=1_281_167, size_px=None),
+}
+
+
+def shipped_plan(job_path: Path, overrides: dict | None = None):
+    """The plan of a shipped job (with search overrides), without its data on disk.
+
+    Jobs whose data is not in the repository (ImageNet, full Fashion-MNIST, CIFAR-10) are
+    planned from the facts their datasets' metadata would give (size, channels, classes,
+    training images); jobs on the bundled fixture from its real metadata.
+    """
+    raw = read_yaml(job_path)
+    if overrides:
+        raw = apply_overrides(raw, [f"{key}={value}" for key, value in overrides.items()])
+    job = parse_job(raw, source=str(job_path))
+    facts = next(
+        (f for prefix, f in _SHIPPED_DATASETS.items() if job.data.train.startswith(prefix)), None
+    )
+    if facts is None:  # bundled fixture data: plan from its real metadata
+        cwd = os.getcwd()
+        os.chdir(REPO_ROOT)
+        try:
+            job = resolve_data(job, source=str(job_path))
+            train_samples = read_meta(job.data.train).count
+        finally:
+            os.chdir(cwd)
+    else:
+        filled = {"channels": facts["channels"], "num_classes": facts["num_classes"]}
+        filled["task"] = "classification"
+        filled["mean"] = [0.5] * facts["channels"]
+        filled["std"] = [0.25] * facts["channels"]
+        if job.data.image_size_px is None:
+            filled["image_size_px"] = facts["size_px"]
+        filled = {k: v for k, v in filled.items() if getattr(job.data, k) is None}
+        job = job.model_copy(update={"data": job.data.model_copy(update=filled)})
+        train_samples = facts["train_samples"]
+    return make_plan(job, train_samples=train_samples)

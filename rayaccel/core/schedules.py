@@ -4,7 +4,8 @@ Progress is a float, ``epoch + step / steps_per_epoch`` (epoch 2, step 10 of 40 
 step count: methods that change the number of steps per epoch (InfoBatch pruning, large early
 batches in EfficientTrain++) would otherwise stretch or squash a step-based schedule. Each
 function returns a multiplier in [0, 1] of the peak rate; the plan turns it into each step's
-rate (`rayaccel.plan.Plan.lr_at`) and the loop sets that with :func:`rayaccel.optim.build.set_lr`. Arguments are validated on every call (a few comparisons),
+rate (`rayaccel.plan.Plan.lr_at`) and the loop sets that with
+:func:`rayaccel.optim.build.set_lr`. Arguments are validated on every call (a few comparisons),
 so a bad schedule in a config fails on the first step; ``lr_multiplier(0.0, schedule)`` is a
 cheap way to validate one up front.
 """
@@ -15,11 +16,6 @@ import bisect
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-
-# Linear warmup evaluated at progress + this offset, so the very first step trains at a small
-# non-zero rate instead of wasting a step at zero. 0.01 epoch is about one step of CIFAR-10 at
-# batch 512 (98 steps per epoch); warmup still reaches exactly 1 at warmup_epochs.
-_WARMUP_OFFSET_EPOCHS = 0.01
 
 
 def _check_progress(progress_epochs: float) -> None:
@@ -34,11 +30,15 @@ def warmup_cosine(
     warmup_epochs: float,
     final_fraction: float = 0.0,
 ) -> float:
-    """Linear warmup to 1, then half-cosine decay to ``final_fraction``.
+    """Linear warmup from 0 to 1, then half-cosine decay to ``final_fraction``.
 
-    Warmup is linear in ``progress_epochs + 0.01``, from ``0.01 / (warmup_epochs + 0.01)`` at
-    progress 0 to exactly 1 at ``warmup_epochs``, so no step runs at a zero rate. After
-    ``total_epochs`` the value stays at ``final_fraction``.
+    Warmup is linear in progress, from exactly 0 at progress 0 to 1 at ``warmup_epochs``, as
+    in the reference schedules (timm's with ``warmup_lr_init=0``, the EfficientTrain++
+    release): the first step trains at rate 0 and each later warm-up step one increment
+    higher. The warm-up is a fraction of the progress unit, whatever that unit is: epochs for
+    plain plans, the fraction of compute for curriculum plans (a fixed offset in progress
+    would be a fixed share of the whole run there). After ``total_epochs`` the value stays at
+    ``final_fraction``.
 
     Args:
         progress_epochs: Training progress in epochs (fractional).
@@ -60,7 +60,7 @@ def warmup_cosine(
         raise ValueError(f"final_fraction must be in [0, 1], got {final_fraction}")
 
     if progress_epochs < warmup_epochs:
-        return (progress_epochs + _WARMUP_OFFSET_EPOCHS) / (warmup_epochs + _WARMUP_OFFSET_EPOCHS)
+        return progress_epochs / warmup_epochs
     decay_done = min(1.0, (progress_epochs - warmup_epochs) / (total_epochs - warmup_epochs))
     return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * decay_done))
 
@@ -104,8 +104,8 @@ def piecewise_linear(progress_epochs: float, *, points: Sequence[Sequence[float]
     """Linear interpolation between ``(epoch, multiplier)`` points, held constant outside them.
 
     The myrtle.ai ResNet-9 recipe uses a triangle, e.g. ``[(0, 0), (5, 1), (24, 0)]`` scaled by
-    its peak rate. A first point at multiplier 0 means the first step trains at rate 0, unlike
-    :func:`warmup_cosine`; start slightly above 0 if that step matters.
+    its peak rate. A first point at multiplier 0 means the first step trains at rate 0, as in
+    :func:`warmup_cosine`.
 
     Args:
         progress_epochs: Training progress in epochs (fractional).

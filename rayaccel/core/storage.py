@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from rayaccel.core.records import EpochRecord, records_of
+
 
 def resolve_path(dir_or_uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """Filesystem and path for a local path (relative is fine) or a URI such as ``s3://b/x``."""
@@ -58,5 +60,14 @@ class RunFolder:
             return stream.read().decode()
 
     def read_metrics(self) -> list[dict]:
+        """The raw rows of `metrics.jsonl` (none yet: an empty list)."""
         text = self.read_text("metrics.jsonl") or ""
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def read_epochs(self) -> list[EpochRecord]:
+        """The run's finished epochs, as typed records."""
+        return records_of(self.read_metrics())
+
+    def write_epochs(self, records: list[EpochRecord]) -> None:
+        """Replaces `metrics.jsonl` with `records`, one JSON object per line."""
+        self.write_text("metrics.jsonl", "".join(json.dumps(r.to_row()) + "\n" for r in records))

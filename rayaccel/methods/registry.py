@@ -71,6 +71,9 @@ class MethodSpec:
         driver: `module:function` of `driver_part(job, plan) -> DriverPart`, what the
             method runs on the driver (Ray actors, a Ray Data row filter); imported by the
             runner only.
+        run_summary: `run_summary(records, plan) -> dict`: the method's figures for a
+            finished run's `summary.json`, from its epoch records (empty when the records
+            carry none of its metrics).
     """
 
     name: str
@@ -87,6 +90,7 @@ class MethodSpec:
     hooks: str | None = None
     model_kwargs: Callable[[Any, Any], dict[str, Any]] | None = None
     driver: str | None = None
+    run_summary: Callable[[list, Any], dict[str, Any]] | None = None
 
     def hook_factory(self) -> Callable[[Any, Any], list]:
         """`hooks_for(settings, context)` of the method, imported on the worker (torch)."""
@@ -238,6 +242,7 @@ METHODS: tuple[MethodSpec, ...] = (
         settings_type=infobatch.InfoBatchSettings,
         hooks="rayaccel.methods.infobatch.hook:hooks_for",
         driver="rayaccel.methods.infobatch.hook:driver_part",
+        run_summary=infobatch.run_summary,
     ),
     MethodSpec(
         "agvm",
@@ -293,3 +298,12 @@ def methods_line(job: Any) -> str:
 def driver_parts(job: Any, plan: Any) -> list[Any]:
     """The `DriverPart` of every method the job uses that runs something on the driver."""
     return [part for spec in METHODS if (part := spec.driver_part(job, plan)) is not None]
+
+
+def method_summaries(records: list, plan: Any) -> dict[str, Any]:
+    """Every method's figures for `summary.json` (`MethodSpec.run_summary`)."""
+    summary: dict[str, Any] = {}
+    for spec in METHODS:
+        if spec.run_summary is not None:
+            summary.update(spec.run_summary(records, plan))
+    return summary

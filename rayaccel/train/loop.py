@@ -26,6 +26,7 @@ import ray.train.torch
 import torch
 
 from rayaccel.core.distributed import all_reduce_sum
+from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.seeds import worker_seed
 from rayaccel.data.device import DeviceDataset, load_device_dataset, load_rows
 from rayaccel.data.metadata import read_meta
@@ -301,31 +302,45 @@ class Trainer:
         runtime = ray.get_runtime_context()
         for epoch in range(self.state.next_epoch, end_epoch):
             last = epoch + 1 == end_epoch
-            metrics, audit = self.run_epoch(epoch, progress, last=last)
-            # Lets the driver free the worker group's resources if Ray Train leaves them held
-            # (`rayaccel.train.runner.free_placement_group`).
-            metrics["placement_group_id"] = runtime.get_placement_group_id()
-            # Per worker; the controller's MetricsLog gathers them into one `workers` list.
-            metrics["worker"] = audit.facts(rank=self.rank, node_id=runtime.get_node_id())
-            _report(
-                metrics,
-                self.state,
-                epoch,
-                last,
-                loop.checkpoint_every_epochs,
-                self.rank,
-                self.model,
-                self.optimizer,
-                self.scaler,
-                self.hooks,
+            record, audit = self.run_epoch(epoch, progress, last=last)
+            record = record.replace(
+                checkpointed=last or (epoch + 1) % loop.checkpoint_every_epochs == 0,
+                # Lets the driver free the worker group's resources if Ray Train leaves them
+                # held (`rayaccel.train.runner.free_placement_group`).
+                placement_group_id=runtime.get_placement_group_id(),
             )
+            # Per worker; the controller's MetricsLog gathers them into the `workers` list.
+            worker = audit.facts(rank=self.rank, node_id=runtime.get_node_id())
+            self.report({**record.to_row(), WORKER_FACTS_KEY: worker}, record.checkpointed)
         return {
             "next_epoch": self.state.next_epoch,
             "images_seen": self.state.images_seen,
             "placement_group_id": runtime.get_placement_group_id(),
         }
 
-    def run_epoch(self, epoch: int, progress: _Progress, *, last: bool) -> tuple[dict, ShardAudit]:
+    def report(self, metrics: dict, checkpoint_due: bool) -> None:
+        """Reports an epoch to Ray Train, with rank 0's checkpoint when one is due (every
+        worker reports: Ray Train gathers one report per worker)."""
+        if not checkpoint_due or self.rank != 0:
+            ray.train.report(metrics)
+            return
+        directory = new_checkpoint_dir()
+        try:
+            save_checkpoint(
+                directory,
+                model=self.model,
+                optimizer=self.optimizer,
+                scaler=self.scaler,
+                state=self.state,
+                methods=self.hooks,
+            )
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def run_epoch(
+        self, epoch: int, progress: _Progress, *, last: bool
+    ) -> tuple[EpochRecord, ShardAudit]:
         """Trains `epoch` (starting its stage if it is the first of one) and evaluates when
         due; its metrics, and this worker's share of the epoch."""
         stage = self.plan.stage_of(epoch)
@@ -340,21 +355,21 @@ class Trainer:
         if self.spec.data.val is not None and (last or (epoch + 1) % every == 0):
             val_px = self.plan.full_resolution_px if last else stage.resolution_px
             val_metrics = self.evaluate(val_px, stage.per_worker_batch)
-        metrics = {
-            "epoch": epoch,
-            "stage": stage.index,
-            "resolution_px": stage.resolution_px,
-            "global_batch": stage.global_batch,
-            "randaug_magnitude": stage.randaug_magnitude,
-            "replay_factor": stage.replay_factor,
+        record = EpochRecord(
+            epoch=epoch,
+            stage=stage.index,
+            resolution_px=stage.resolution_px,
+            global_batch=stage.global_batch,
+            randaug_magnitude=stage.randaug_magnitude,
+            replay_factor=stage.replay_factor,
             **trained,
-            "images_seen": self.state.images_seen,
-            "fresh_images_seen": self.state.fresh_images_seen,
-            "world_size": self.world_size,
-            **self.hooks.on_epoch_end(),
-            **({"val_" + k: v for k, v in val_metrics.items()} if val_metrics else {}),
-        }
-        return metrics, audit
+            images_seen=self.state.images_seen,
+            fresh_images_seen=self.state.fresh_images_seen,
+            world_size=self.world_size,
+            method_metrics=self.hooks.on_epoch_end(),
+            **{"val_" + k: v for k, v in val_metrics.items()},
+        )
+        return record, audit
 
     def train_epoch(
         self, epoch: int, stage: StagePlan, progress: _Progress
@@ -560,29 +575,6 @@ def evaluate(
         logits = predict(net, inputs) if predict is not None else net(inputs).float()
         task.eval_add(sums, logits, labels)
     return {**task.eval_result(sums), "resolution_px": resolution_px}
-
-
-def _report(
-    metrics, state, epoch, last, every_epochs, rank, model, optimizer, scaler, hooks
-) -> None:
-    due = last or (epoch + 1) % every_epochs == 0
-    metrics["checkpointed"] = due
-    if not due or rank != 0:
-        ray.train.report(metrics)
-        return
-    directory = new_checkpoint_dir()
-    try:
-        save_checkpoint(
-            directory,
-            model=model,
-            optimizer=optimizer,
-            scaler=scaler,
-            state=state,
-            methods=hooks,
-        )
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 class _Progress:

@@ -29,11 +29,12 @@ from ray.train.torch import TorchTrainer
 
 from rayaccel.config import JobConfig, dump_job
 from rayaccel.core.compute import pixel_compute
+from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.storage import RunFolder
 from rayaccel.data.metadata import read_meta
 from rayaccel.data.pipeline import BAD_ROW_MARK, DecodeSpec, build_dataset
 from rayaccel.methods.base import DriverPart
-from rayaccel.methods.registry import driver_parts
+from rayaccel.methods.registry import driver_parts, method_summaries
 from rayaccel.plan import Plan, make_plan
 from rayaccel.report import compute_px_images, load_run, write_report
 from rayaccel.train.loop import train_loop_per_worker
@@ -61,35 +62,38 @@ class MetricsLog(ray.train.UserCallback):
     def __init__(self, folder: RunFolder, total_epochs: int):
         self.folder = folder
         self.total_epochs = total_epochs
-        self.rows: list[dict] | None = None
+        self.records: list[EpochRecord] | None = None
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        row = dict(metrics[0])
-        # Each worker reports its own `worker` facts (node, fresh images, index digest).
-        row.pop("worker", None)
-        workers = sorted((m["worker"] for m in metrics if "worker" in m), key=lambda w: w["rank"])
-        if workers:
-            row["workers"] = workers
-        if self.rows is None:
-            self.rows = self.folder.read_metrics()
-        # A restarted (e.g. resized) worker group re-reports from its checkpoint's epoch.
-        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]]
-        row["time_unix_s"] = time.time()
-        self.rows.append(row)
-        self.folder.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
-        val = (
-            f" val_acc {row['val_acc']:.4f} @{row['val_resolution_px']}px"
-            if "val_acc" in row
-            else ""
-        ) + (f" val_miou {row['val_miou']:.4f}" if "val_miou" in row else "")
-        print(
-            f"[rayaccel] epoch {row['epoch'] + 1}/{self.total_epochs} done: "
-            f"{row['resolution_px']}px batch {row['global_batch']} "
-            f"train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f}{val} "
-            f"{row['images_per_s']:,.0f} img/s {row['epoch_time_s']:.1f}s"
-            + (" [checkpoint]" if checkpoint is not None else ""),
-            flush=True,
+        workers = sorted(
+            (m[WORKER_FACTS_KEY] for m in metrics if WORKER_FACTS_KEY in m),
+            key=lambda w: w["rank"],
         )
+        row = {k: v for k, v in metrics[0].items() if k != WORKER_FACTS_KEY}
+        record = EpochRecord.from_row(row).replace(workers=tuple(workers), time_unix_s=time.time())
+        if self.records is None:
+            self.records = self.folder.read_epochs()
+        # A restarted (e.g. resized) worker group re-reports from its checkpoint's epoch.
+        self.records = [r for r in self.records if r.epoch < record.epoch]
+        self.records.append(record)
+        self.folder.write_epochs(self.records)
+        print(
+            epoch_line(record, self.total_epochs, checkpointed=checkpoint is not None), flush=True
+        )
+
+
+def epoch_line(record: EpochRecord, total_epochs: int, *, checkpointed: bool) -> str:
+    """The console's line for a finished epoch."""
+    val = (
+        f" val_acc {record.val_acc:.4f} @{record.val_resolution_px}px" if record.evaluated else ""
+    ) + (f" val_miou {record.val_miou:.4f}" if record.val_miou is not None else "")
+    return (
+        f"[rayaccel] epoch {record.epoch + 1}/{total_epochs} done: "
+        f"{record.resolution_px}px batch {record.global_batch} "
+        f"train_loss {record.train_loss:.4f} train_acc {record.train_acc:.4f}{val} "
+        f"{record.images_per_s:,.0f} img/s {record.epoch_time_s:.1f}s"
+        + (" [checkpoint]" if checkpointed else "")
+    )
 
 
 class _SplitTrainEqually(DataConfig):
@@ -298,36 +302,31 @@ def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPa
 
 def summarize(folder: RunFolder, plan: Plan, *, wall_time_s: float) -> dict:
     """Final numbers of a run from its metrics log (which spans resumed attempts)."""
-    rows = folder.read_metrics()
-    evaluated = [r for r in rows if "val_acc" in r]
-    final = evaluated[-1] if evaluated else {}
+    records = folder.read_epochs()
+    evaluated = [r for r in records if r.evaluated]
+    final = evaluated[-1] if evaluated else None
+    last = records[-1] if records else None
     summary = {
         "run_folder": folder.location,
-        "epochs_completed": len(rows),
+        "epochs_completed": len(records),
         "epochs_planned": plan.total_epochs,
-        "final_val_acc": final.get("val_acc"),
-        "final_val_loss": final.get("val_loss"),
+        "final_val_acc": final.val_acc if final else None,
+        "final_val_loss": final.val_loss if final else None,
         # Segmentation: `final_val_acc` is pixel accuracy and this the mean IoU.
-        **({"final_val_miou": final["val_miou"]} if "val_miou" in final else {}),
+        **({"final_val_miou": final.val_miou} if final and final.val_miou is not None else {}),
         # The resolution the final accuracy was measured at (full size after the last epoch).
-        "eval_resolution_px": final.get("val_resolution_px", final.get("resolution_px")),
+        "eval_resolution_px": final.eval_resolution_px if final else None,
         "compute_vs_baseline": plan.compute_relative_to_baseline(),
-        "final_train_loss": rows[-1]["train_loss"] if rows else None,
-        "images_seen": rows[-1]["images_seen"] if rows else 0,
-        "bad_rows_skipped": sum(r.get("bad_rows_skipped", 0) for r in rows),
-        "train_time_s": sum(r["epoch_time_s"] for r in rows),
+        "final_train_loss": last.train_loss if last else None,
+        "images_seen": last.images_seen if last else 0,
+        "bad_rows_skipped": sum(r.bad_rows_skipped for r in records),
+        "train_time_s": sum(r.epoch_time_s for r in records),
         "wall_time_s": wall_time_s,
+        **method_summaries(records, plan),
     }
-    if any("infobatch/kept_samples" in r for r in rows):
-        # What pruning saved: fresh samples trained vs every epoch on the whole dataset.
-        summary["fresh_images_seen"] = rows[-1]["fresh_images_seen"]
-        summary["fresh_images_vs_full"] = rows[-1]["fresh_images_seen"] / max(
-            plan.train_samples * len(rows), 1
-        )
-        summary["infobatch_bookkeeping_s"] = sum(r["infobatch/bookkeeping_s"] for r in rows)
-    if rows and plan.baseline_epochs:
+    if records and plan.baseline_epochs:
         # Measured compute (images trained x pixels): pruning makes it less than planned.
-        spent = compute_px_images(rows)[-1]
+        spent = compute_px_images(records)[-1]
         baseline = pixel_compute(
             plan.baseline_epochs * plan.baseline_images_per_epoch, plan.full_resolution_px
         )

@@ -19,6 +19,7 @@ from ray import tune
 
 from rayaccel.config import ConfigError, JobConfig, parse_job, read_yaml
 from rayaccel.config import resolve_data as resolve_job_data
+from rayaccel.core.records import EpochRecord
 from rayaccel.core.storage import absolute_location
 from rayaccel.train.runner import free_placement_group, run_job
 from rayaccel.tune.spec import TrialResources
@@ -282,15 +283,19 @@ def epoch_results(grid, keys: list[str]) -> list[dict]:
     rows = []
     for result in grid:
         metrics = result.metrics or {}
-        if "val_acc" not in metrics:
+        if "epoch" not in metrics:
+            continue
+        # Tune's result is the trial's last epoch report plus Tune's own keys (`extra`).
+        last = EpochRecord.from_row(metrics)
+        if not last.evaluated:
             continue
         changes = result.config["changes"]
         rows.append(
             {
                 **{key: changes[key] for key in keys},
-                "epochs": metrics.get("training_iteration", 0),
-                "val_acc": metrics["val_acc"],
-                "trial_s": metrics.get("time_total_s"),
+                "epochs": last.extra.get("training_iteration", 0),
+                "val_acc": last.val_acc,
+                "trial_s": last.extra.get("time_total_s"),
             }
         )
     return rows

@@ -126,9 +126,10 @@ def _short_plan(plan, *, rows: int):
 
 
 def _epochs(trainer: Trainer, epochs: range) -> list[dict]:
+    """The epochs' records as `metrics.jsonl` rows."""
     progress = _Progress(trainer.plan, enabled=False, every_steps=100)
     last_epoch = trainer.plan.total_epochs - 1
-    return [trainer.run_epoch(e, progress, last=e == last_epoch)[0] for e in epochs]
+    return [trainer.run_epoch(e, progress, last=e == last_epoch)[0].to_row() for e in epochs]
 
 
 def _comparable(metrics: list[dict]) -> list[dict]:

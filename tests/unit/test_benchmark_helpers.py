@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from helpers import FIXTURE, load_benchmark
 
+from rayaccel.core.records import records_of
+
 
 def test_etpp_vs_baseline_over_seeds_averages_times_and_gaps():
     bench = load_benchmark("etpp_vs_baseline")
@@ -63,7 +65,8 @@ def test_ray_overhead_compares_steady_state_epochs():
         {"epoch_time_s": 10.5, "time_unix_s": 111.0, "data_wait_s": 1.0, "worker_cpu_s": 9.0},
         {"epoch_time_s": 10.5, "time_unix_s": 122.0, "data_wait_s": 2.0, "worker_cpu_s": 8.0},
     ]
-    result = bench.compare([20.0, 10.0, 10.0], rows, [19.0, 9.5, 9.0])
+    epochs = records_of([{"epoch": i, **row} for i, row in enumerate(rows)])
+    result = bench.compare([20.0, 10.0, 10.0], epochs, [19.0, 9.5, 9.0])
     assert result["loop_ratio"] == pytest.approx(1.05)
     assert result["interval_ratio"] == pytest.approx(1.10)
     assert result["rayaccel_report_interval_s"] == [None, 11.0, 11.0]
@@ -72,7 +75,13 @@ def test_ray_overhead_compares_steady_state_epochs():
     assert result["steady_plain_cpu_s"] == pytest.approx(9.25)
     # Runs from before the loop recorded its waits still compare, with the columns empty.
     old = bench.compare(
-        [20.0, 10.0, 10.0], [{k: r[k] for k in ("epoch_time_s", "time_unix_s")} for r in rows]
+        [20.0, 10.0, 10.0],
+        records_of(
+            [
+                {"epoch": i, **{k: r[k] for k in ("epoch_time_s", "time_unix_s")}}
+                for i, r in enumerate(rows)
+            ]
+        ),
     )
     assert old["steady_data_wait_s"] is None and "| — |" in bench.format_table(
         {"data": "d", "machine": "m", "images": 1, **old}

@@ -122,7 +122,8 @@ def test_epoch_zero_and_unscored_samples_prune_nothing():
 
 @pytest.mark.parametrize(
     ("total_epochs", "delta", "first_full_epoch"),
-    [(8, 0.875, 7), (10, 0.875, 9), (10, 0.7, 7), (3, 0.5, 2), (4, 1.0, 4)],
+    # The release's rule: prune while epoch + 1 <= delta * total_epochs.
+    [(8, 0.875, 7), (10, 0.875, 8), (90, 0.875, 78), (10, 0.7, 7), (3, 0.5, 1), (4, 1.0, 4)],
 )
 def test_annealed_epochs_keep_everything(total_epochs, delta, first_full_epoch):
     board = InfoBatchScoreBoard(5_000, delta=delta, total_epochs=total_epochs, seed=0)

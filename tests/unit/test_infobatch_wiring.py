@@ -27,11 +27,13 @@ def infobatch_job(epochs=10, curriculum=None, **infobatch):
 def test_plan_prunes_until_the_annealing_epochs():
     plan = make_plan(infobatch_job(epochs=10, prune_ratio=0.3, delta=0.75), train_samples=4000)
     assert plan.prune_ratio == 0.3
-    assert plan.first_full_epoch == 8  # ceil(0.75 * 10)
-    assert [plan.prunes(e) for e in range(10)] == [True] * 8 + [False] * 2
-    assert [row["pruning"] for row in plan.epoch_rows()] == [True] * 8 + [False] * 2
+    # The release prunes while epoch + 1 <= delta * epochs: floor(0.75 * 10) = 7.
+    assert plan.first_full_epoch == 7
+    assert [plan.prunes(e) for e in range(10)] == [True] * 7 + [False] * 3
+    assert [row["pruning"] for row in plan.epoch_rows()] == [True] * 7 + [False] * 3
     text = format_plan(plan)
-    assert "InfoBatch: epochs 1-8 drop" in text and "epochs 9-10 train on all data" in text
+    assert "InfoBatch: epochs 1-7 drop a share 0.3" in text
+    assert "epochs 8-10 train on all data" in text
     assert "weigh 1.429" in text
 
 
@@ -47,13 +49,14 @@ def test_infobatch_with_a_curriculum_prunes_per_epoch_across_stages():
         {"resolution_px": 14}, {"resolution_px": 28}]}  # fmt: skip
     plan = make_plan(infobatch_job(epochs=4, curriculum=curriculum), train_samples=4000)
     assert len(plan.stages) == 2
-    assert plan.first_full_epoch == math.ceil(0.875 * plan.total_epochs)
+    assert plan.first_full_epoch == math.floor(0.875 * plan.total_epochs)
 
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("prune_ratio", 1.0, "infobatch.prune_ratio: must be < 1"),
+        ("prune_ratio", 0.95, "infobatch.prune_ratio: must be <= 0.9"),
+        ("selection", "random", "infobatch.selection: "),
         ("prune_ratio", -0.1, "infobatch.prune_ratio: must be >= 0"),
         ("delta", 0, "infobatch.delta: must be > 0"),
         ("delta", 1.5, "infobatch.delta: must be <= 1"),

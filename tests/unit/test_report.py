@@ -12,6 +12,7 @@ import json
 import pytest
 
 from rayaccel.cli import EXIT_BAD_INPUT, main
+from rayaccel.core.records import records_of
 from rayaccel.plan import Plan, StagePlan
 from rayaccel.report import (
     PLOT_FILES,
@@ -123,43 +124,43 @@ def _baseline() -> RunRecord:
     plan = _plain_plan()
     rows = _rows(plan, [0.7, 0.8, 0.9], epoch_s=10)
     summary = {"epochs_completed": 3, "wall_time_s": 40.0}
-    return RunRecord("baseline", rows, plan, summary)
+    return RunRecord("baseline", records_of(rows), plan, summary)
 
 
 def _curriculum() -> RunRecord:
     plan = _curriculum_plan()
     rows = _rows(plan, [0.6, 0.75, 0.88], epoch_s=5)
     summary = {"epochs_completed": 3, "wall_time_s": 20.0}
-    return RunRecord("et++", rows, plan, summary)
+    return RunRecord("et++", records_of(rows), plan, summary)
 
 
 # ---------------------------------------------------------------- pure numbers
 def test_compute_counts_trained_images_times_pixels_in_full_resolution_epochs():
     record = _curriculum()
     # 14-px epochs: 1000 images x 196 px^2 each; the 28-px epoch: 1000 x 784.
-    assert compute_px_images(record.rows) == [196_000, 392_000, 1_176_000]
-    assert compute_full_epochs(record.rows, record.plan) == pytest.approx([0.25, 0.5, 1.5])
+    assert compute_px_images(record.epochs) == [196_000, 392_000, 1_176_000]
+    assert compute_full_epochs(record.epochs, record.plan) == pytest.approx([0.25, 0.5, 1.5])
     baseline = _baseline()
-    assert compute_full_epochs(baseline.rows, baseline.plan) == pytest.approx([1, 2, 3])
+    assert compute_full_epochs(baseline.epochs, baseline.plan) == pytest.approx([1, 2, 3])
 
 
 def test_compute_counts_what_was_trained_not_what_was_planned():
     """A pruned (InfoBatch) epoch trains fewer images than its plan; the compute follows."""
     record = _baseline()
-    record.rows[1]["train_images"] = 400
-    assert compute_full_epochs(record.rows, record.plan) == pytest.approx([1, 1.4, 2.4])
+    record.epochs[1] = record.epochs[1].replace(train_images=400)
+    assert compute_full_epochs(record.epochs, record.plan) == pytest.approx([1, 1.4, 2.4])
 
 
 def test_elapsed_starts_when_the_first_epoch_started():
-    rows = _baseline().rows  # reports every 10 s, epochs of 9 s
+    rows = _baseline().epochs  # reports every 10 s, epochs of 9 s
     assert elapsed_s(rows) == pytest.approx([9, 19, 29])
     assert elapsed_s([]) == []
 
 
 def test_final_accuracy_ignores_low_resolution_evaluations():
     record = _curriculum()
-    assert final_full_resolution_eval(record.rows, 28)["val_acc"] == 0.88
-    assert final_full_resolution_eval(record.rows[:2], 28) is None  # only 14-px evaluations
+    assert final_full_resolution_eval(record.epochs, 28).val_acc == 0.88
+    assert final_full_resolution_eval(record.epochs[:2], 28) is None  # only 14-px evaluations
 
 
 def test_table_compares_every_run_with_the_first():
@@ -179,7 +180,7 @@ def test_table_compares_every_run_with_the_first():
 
 def test_unfinished_run_is_marked_partial_and_timed_from_its_epochs():
     record = _baseline()
-    partial = RunRecord("running", record.rows[:2], record.plan, summary=None)
+    partial = RunRecord("running", record.epochs[:2], record.plan, summary=None)
     stats = run_stats(partial)
     assert not stats["finished"]
     assert stats["wall_time_s"] == pytest.approx(19)
@@ -198,7 +199,9 @@ def test_render_draws_every_plot_as_a_png():
 def _write_run(folder, record: RunRecord) -> None:
     folder.mkdir(parents=True)
     (folder / "plan.json").write_text(json.dumps(record.plan.to_dict()))
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in record.rows))
+    (folder / "metrics.jsonl").write_text(
+        "".join(json.dumps(e.to_row()) + "\n" for e in record.epochs)
+    )
     if record.summary is not None:
         (folder / "summary.json").write_text(json.dumps(record.summary))
 
@@ -208,7 +211,7 @@ def test_load_run_reads_a_run_folder(tmp_path):
     record = load_run(str(tmp_path / "runs" / "base"))
     assert record.label == "base"
     assert record.plan == _plain_plan()
-    assert record.rows == _baseline().rows
+    assert record.epochs == _baseline().epochs
     assert record.summary["wall_time_s"] == 40.0
 
 

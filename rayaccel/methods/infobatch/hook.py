@@ -48,9 +48,12 @@ WEIGHT_COLUMN = "loss_weight"
 class ScoreBoard:
     """The run's InfoBatch score board, reachable from Ray Data tasks and training workers."""
 
-    def __init__(self, num_samples: int, *, prune_ratio, delta, total_epochs, seed) -> None:
+    def __init__(
+        self, num_samples: int, *, prune_ratio, delta, total_epochs, seed, selection
+    ) -> None:
         self.board = InfoBatchScoreBoard(
             num_samples,
+            selection=selection,
             prune_ratio=prune_ratio,
             delta=delta,
             total_epochs=total_epochs,
@@ -210,6 +213,7 @@ def driver_part(job: Any, plan: Any) -> DriverPart:
     board = ScoreBoard.remote(
         plan.train_samples,
         prune_ratio=job.infobatch.prune_ratio,
+        selection=job.infobatch.selection,
         delta=job.infobatch.delta,
         total_epochs=plan.total_epochs,
         seed=job.train.seed,
