@@ -149,20 +149,24 @@ class Plan:
         stage = self.stage_of(epoch)
         steps = steps_in_epoch or stage.steps_per_epoch
         epoch_in_stage = epoch - stage.first_epoch + step / max(steps, 1)
-        stages = [
+        return etpp.compute_fraction_at(stage.index, epoch_in_stage, self._curriculum_stages())
+
+    def _curriculum_stages(self, *, planned: bool = False) -> list[etpp.Stage]:
+        """The stages as the curriculum planner's records: with the whole epochs the plan
+        runs, or (`planned`) the fractional data epochs it planned before rounding."""
+        return [
             etpp.Stage(
                 index=s.index,
                 resolution_px=s.resolution_px,
                 randaug_magnitude=s.randaug_magnitude,
                 compute_share=s.compute_share,
-                data_epochs=s.num_epochs,
+                data_epochs=s.planned_data_epochs if planned else s.num_epochs,
                 replay_factor=s.replay_factor,
                 batch_size=s.global_batch,
                 lr=s.peak_lr,
             )
             for s in self.stages
         ]
-        return etpp.compute_fraction_at(stage.index, epoch_in_stage, stages)
 
     def compute_relative_to_baseline(self) -> float:
         """Actual training compute relative to the baseline job (all epochs at full size)."""
@@ -172,11 +176,11 @@ class Plan:
 
     def planned_compute_relative_to_baseline(self) -> float:
         """The curriculum's compute before epochs were rounded to whole numbers."""
-        spent = sum(
-            s.planned_data_epochs * s.resolution_px**2 / self.full_resolution_px**2
-            for s in self.stages
+        return etpp.compute_ratio(
+            self._curriculum_stages(planned=True),
+            max(self.baseline_epochs, 1),
+            full_px=self.full_resolution_px,
         )
-        return spent / max(self.baseline_epochs, 1)
 
     def val_dataset(self, resolution_px: int) -> str:
         """The validation dataset evaluated at `resolution_px`.
