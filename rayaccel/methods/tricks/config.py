@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator
 
 from rayaccel.core.schema import Strict
+from rayaccel.optim.registry import optimizer_spec
 
 if TYPE_CHECKING:
     from rayaccel.config.job import JobConfig
@@ -78,6 +79,26 @@ def ghost_bn_problems(job: JobConfig) -> list[str]:
             f"(train.global_batch_size over scaling.num_workers), got {ghost.virtual_batch_size}"
         ]
     return []
+
+
+def frozen_bn_scale_problems(job: JobConfig) -> list[str]:
+    """LARS and LAMB cannot decay BN biases: norm weights and biases get no trust ratio there,
+    and timm's optimizers apply decay only with it, so the divided decay would be dropped."""
+    frozen = job.tricks.frozen_bn_scale
+    optimizer = job.train.optimizer
+    if (
+        frozen is None
+        or optimizer.weight_decay == 0
+        or not optimizer_spec(optimizer.name).trust_ratio
+    ):
+        return []
+    return [
+        f"tricks.frozen_bn_scale: gives BN biases weight decay train.optimizer.weight_decay / "
+        f"bias_wd_divisor = {optimizer.weight_decay / frozen.bias_wd_divisor:g}, which "
+        f"train.optimizer.name={optimizer.name} cannot apply (it gives norm weights and biases "
+        f"no trust ratio and no decay); use train.optimizer.name sgd or adamw, "
+        f"train.optimizer.weight_decay: 0, or no tricks.frozen_bn_scale"
+    ]
 
 
 def whitening_problems(job: JobConfig) -> list[str]:
