@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -15,11 +15,21 @@ if TYPE_CHECKING:
     from rayaccel.plan import Plan
 
 
+WARMUP_RULES = ("none", "timm", "tensorflow")
+
+
 class EmaTrick(Strict):
-    """EMA of the weights: evaluated instead of the live weights and kept in checkpoints."""
+    """EMA of the weights: evaluated instead of the live weights and kept in checkpoints.
+
+    `momentum` is per update (one every `every_steps` optimizer steps). `warmup` lets it rise
+    from 0 over the first updates: `timm` (the default: timm's `ModelEmaV3` warm-up, 1 - n^(-2/3)
+    at update n, 0.99 after 1,000 updates), `tensorflow` (TensorFlow's `num_updates` rule,
+    n / (9 + n), as the EfficientNet releases use it) or `none` (the momentum from the start).
+    """
 
     every_steps: int = Field(5, ge=1)
     momentum: float = Field(0.99, ge=0, lt=1)
+    warmup: Literal[WARMUP_RULES] = "timm"
 
 
 class TtaTrick(Strict):
@@ -144,6 +154,7 @@ def tta_problems(job: JobConfig) -> list[str]:
 class EmaSettings:
     momentum: float
     every_steps: int
+    warmup: str
 
 
 @dataclass(frozen=True)
