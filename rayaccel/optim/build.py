@@ -49,17 +49,30 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def exclude_norms_and_biases(groups: list[dict], optimizer_name: str) -> list[dict]:
-    """Flags groups of only norm weights and biases ``<optimizer_name>_exclude`` (in place).
+def adapt_all_but_norms_and_biases(groups: list[dict]) -> list[dict]:
+    """Sets timm's ``always_adapt`` flag of each group for LARS and LAMB (in place).
 
-    LARS and LAMB then give them no trust ratio and no decay: their per-layer norms are tiny
-    or meaningless. A flag a group already carries is kept.
+    Groups of only norm weights and biases (``ndim <= 1``) get no trust ratio and no decay:
+    their per-layer norms are tiny or meaningless. Every other group gets the trust ratio even
+    at weight decay 0 (timm would skip it there), so a job's ``weight_decay: 0`` turns off the
+    decay and nothing else. A flag a group already carries is kept.
 
     Returns:
         ``groups``, for chaining.
+
+    Raises:
+        ValueError: If a group of norm weights and biases has weight decay: timm's LARS and
+            LAMB apply decay only together with the trust ratio, so it could not take effect.
     """
-    for group in groups:
-        group.setdefault(f"{optimizer_name}_exclude", all(p.ndim <= 1 for p in group["params"]))
+    for index, group in enumerate(groups):
+        norms_and_biases = bool(group["params"]) and all(p.ndim <= 1 for p in group["params"])
+        if norms_and_biases and group["weight_decay"] != 0:
+            raise ValueError(
+                f"param group {index} holds only norm weights and biases with weight_decay="
+                f"{group['weight_decay']}; LARS and LAMB give such groups no trust ratio and "
+                "hence no decay: set its weight_decay to 0 or use sgd or adamw"
+            )
+        group.setdefault("always_adapt", not norms_and_biases)
     return groups
 
 
@@ -79,11 +92,12 @@ def build_optimizer(
         groups: Parameter groups, each with ``params``, ``weight_decay`` and ``lr_scale``
             (e.g. ``frozen_bn.bn_bias_param_groups``); None means :func:`param_groups`. For
             trust-ratio optimizers (LARS, LAMB), groups holding only norm weights and biases
-            (``ndim <= 1``) get no trust ratio and no decay.
+            (``ndim <= 1``) get no trust ratio and no decay
+            (:func:`adapt_all_but_norms_and_biases`).
 
     Raises:
-        ValueError: If the name is unknown, ``lr`` is not positive or ``weight_decay`` is
-            negative.
+        ValueError: If the name is unknown, ``lr`` is not positive, ``weight_decay`` is
+            negative, or a trust-ratio optimizer gets a decayed group of norms and biases.
     """
     spec = optimizer_spec(hyperparameters.name)
     lr, weight_decay = hyperparameters.lr, hyperparameters.weight_decay
@@ -98,7 +112,7 @@ def build_optimizer(
         group["initial_lr"] = lr * group["lr_scale"]
         group["lr"] = group["initial_lr"]
     if spec.trust_ratio:
-        exclude_norms_and_biases(groups, spec.name)
+        adapt_all_but_norms_and_biases(groups)
     if hyperparameters.eps is None:
         hyperparameters = dataclasses.replace(hyperparameters, eps=spec.default_eps)
     return spec.resolve()(groups, lr=lr, **spec.arguments(hyperparameters))

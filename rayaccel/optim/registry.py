@@ -43,8 +43,10 @@ class OptimizerSpec:
         arguments: Its keyword arguments (besides params and lr) from the hyper-parameters,
             whose `eps` is already resolved.
         default_eps: Its usual denominator term, used when `eps` is None.
-        trust_ratio: A layer-wise trust-ratio optimizer: parameter groups of norm weights and
-            biases are flagged `<name>_exclude` (no trust ratio, no decay).
+        trust_ratio: A layer-wise trust-ratio optimizer (timm's `always_adapt` group flag):
+            parameter groups of norm weights and biases get no trust ratio and no decay, every
+            other group gets the trust ratio even at weight decay 0
+            (`rayaccel.optim.build.adapt_all_but_norms_and_biases`).
     """
 
     name: str
@@ -71,9 +73,16 @@ def _lars(h: OptimizerHyperparameters) -> dict[str, Any]:
         "momentum": h.momentum,
         # LARS refuses Nesterov without momentum; a job with momentum 0 means plain LARS.
         "nesterov": h.nesterov and h.momentum > 0,
-        "trust_coefficient": h.trust_coefficient,
+        "trust_coeff": h.trust_coefficient,
         "eps": h.eps,
     }
+
+
+def _lamb(h: OptimizerHyperparameters) -> dict[str, Any]:
+    # timm's Lamb clips the global gradient norm at 1.0 by default. A job has no clipping
+    # field and no other optimizer here clips, so LAMB does not either: its runs keep the
+    # numbers they had before LAMB came from timm.
+    return {"betas": h.betas, "eps": h.eps, "max_grad_norm": None}
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
@@ -81,12 +90,11 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     for spec in (
         OptimizerSpec("sgd", "torch.optim:SGD", _sgd),
         OptimizerSpec("adamw", "torch.optim:AdamW", _adam, default_eps=1e-8),
-        OptimizerSpec(
-            "lars", "rayaccel.optim.lars:LARS", _lars, default_eps=1e-9, trust_ratio=True
-        ),
-        OptimizerSpec(
-            "lamb", "rayaccel.optim.lamb:LAMB", _adam, default_eps=1e-6, trust_ratio=True
-        ),
+        # LARS (You, Gitman & Ginsburg 2017) and LAMB (You et al. 2019) are timm's. eps 1e-9
+        # (timm's Lars: 1e-8) is the value rayaccel's own LARS used, so runs keep their numbers;
+        # LAMB's 1e-6 is timm's default and the LAMB recipes'.
+        OptimizerSpec("lars", "timm.optim:Lars", _lars, default_eps=1e-9, trust_ratio=True),
+        OptimizerSpec("lamb", "timm.optim:Lamb", _lamb, default_eps=1e-6, trust_ratio=True),
     )
 }
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(OPTIMIZERS)

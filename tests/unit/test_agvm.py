@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import timm.optim
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as torch_mp
@@ -25,7 +26,6 @@ from rayaccel.methods.agvm.multipliers import (
 from rayaccel.methods.agvm.patterns import DEFAULT_CLASSIFIER_PATTERNS, component_of
 from rayaccel.models import ResNet9
 from rayaccel.optim.build import param_groups
-from rayaccel.optim.lamb import LAMB
 
 # --- components --------------------------------------------------------------------------------
 
@@ -347,10 +347,17 @@ def test_adam_preconditioning_of_half_gradients():
         (raw.gradients["head"][0][0] + raw.gradients["head"][1][0]) / 2,
     )
 
-    # LAMB keeps an int step and may turn bias correction off.
-    lamb = LAMB(model.parameters(), lr=1e-3, betas=(0.9, 0.99), bias_correction=False)
-    lamb.step()
+    # timm's Lamb counts steps per group, not per parameter, and may turn bias correction off.
     head_weight = components["head"][0]
+    lamb = timm.optim.Lamb(model.parameters(), lr=1e-3, betas=(0.9, 0.99), max_grad_norm=None)
+    lamb.step()
+    lamb.step()
+    assert "step" not in lamb.state[head_weight] and int(lamb.param_groups[0]["step"]) == 2
+    torch.testing.assert_close(
+        adam_precondition([head_weight], [head_weight.grad], lamb)[0],
+        head_weight.grad / ((lamb.state[head_weight]["exp_avg_sq"] / (1 - 0.99**2)).sqrt() + 1e-6),
+    )
+    lamb.param_groups[0]["bias_correction"] = False
     torch.testing.assert_close(
         adam_precondition([head_weight], [head_weight.grad], lamb)[0],
         head_weight.grad / (lamb.state[head_weight]["exp_avg_sq"].sqrt() + 1e-6),

@@ -143,3 +143,35 @@ def test_every_optimizer_trains_with_agvm(optimizer_name):
         first = loss if first is None else first
     assert hook.precondition is (optimizer_name in ("adamw", "lamb"))
     assert loss < first
+
+
+def test_lamb_with_agvm_takes_the_steps_it_took_before_lamb_came_from_timm():
+    # Six measured steps in float64; mu, D and the head's first row as rayaccel's own LAMB
+    # (per-parameter step counts) gave them. timm's Lamb counts steps per group, which the
+    # preconditioning reads instead.
+    torch.manual_seed(0)
+    model = _Net().double()
+    settings = {"start_step": 0, "interval": 1, "momentum": 0.5, "clip": (0.5, 10.0), "eps": 1e-6}
+    hook = AgvmHook(DEFAULT_CLASSIFIER_PATTERNS, optimizer_name="lamb", **settings)
+    hyper = OptimizerHyperparameters(name="lamb", lr=0.05, weight_decay=1e-2)
+    optimizer = setup_optimizer(hyper, model, MethodHooks([hook]))
+    for step in range(6):
+        generator = torch.Generator().manual_seed(10 + step)
+        images = torch.randn(8, 6, generator=generator, dtype=torch.float64)
+        labels = torch.randint(0, 3, (8,), generator=generator)
+        batch = StepBatch(images, labels, torch.arange(8))
+        optimizer.zero_grad(set_to_none=True)
+        assert hook.backward(model, _loss_of_rows(model, batch, []), images, optimizer, lambda x: x)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        hook.before_step(optimizer)
+        optimizer.step()
+        hook.after_step()
+    assert hook.state.mu["head"] == pytest.approx(1.0952339728426912, rel=1e-12)
+    assert hook.state.distances == pytest.approx(
+        {"backbone": 0.8646472306086439, "head": 0.6049359534482142}, rel=1e-12
+    )
+    before = [0.05623427343462269, -0.30721628391498385, -0.12365188344975077]
+    torch.testing.assert_close(
+        model.head.weight[0, :3], torch.tensor(before, dtype=torch.float64), rtol=0, atol=1e-15
+    )

@@ -95,21 +95,21 @@ def test_build_optimizer_rejects_bad_arguments(kwargs, message):
 
 
 @pytest.mark.parametrize("name", ["lars", "lamb"])
-def test_build_optimizer_lars_and_lamb_exclude_norms_and_biases(name):
-    from rayaccel.optim.lamb import LAMB
-    from rayaccel.optim.lars import LARS
+def test_build_optimizer_lars_and_lamb_adapt_all_but_norms_and_biases(name):
+    import timm.optim
 
     optimizer = build_optimizer(
         _tiny_net(), OptimizerHyperparameters(name=name, lr=0.2, weight_decay=1e-4)
     )
-    assert isinstance(optimizer, {"lars": LARS, "lamb": LAMB}[name])
+    assert isinstance(optimizer, {"lars": timm.optim.Lars, "lamb": timm.optim.Lamb}[name])
     decay, no_decay = optimizer.param_groups
-    assert decay[f"{name}_exclude"] is False and no_decay[f"{name}_exclude"] is True
+    assert decay["always_adapt"] is True and no_decay["always_adapt"] is False
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decay["params"])
     assert all(p.ndim <= 1 for p in no_decay["params"])
     assert decay["initial_lr"] == 0.2
     if name == "lars":
-        assert decay["trust_coefficient"] == 0.001 and decay["eps"] == 1e-9
+        assert decay["trust_coeff"] == 0.001 and decay["eps"] == 1e-9
     else:
         assert decay["eps"] == 1e-6
 

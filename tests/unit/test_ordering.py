@@ -26,7 +26,7 @@ def _hooks() -> dict[str, object]:
         "lowpass": LowPassCropHook("fft"),
         "replay": ReplayHook(capacity_samples=8, dtype=torch.uint8, device=CPU, seed=0),
         "mixup": RegularisationHook(num_classes=10, seed=0),
-        "ema": EmaHook(momentum=0.9, every_steps=1),
+        "ema": EmaHook(momentum=0.9, every_steps=1, warmup="timm"),
         "dirac": DiracInitHook(),
         "whitening": WhiteningHook(patch_size=3, eps=0.01, sample_images=8, training_images=None),
         "ghost": GhostBnHook(8),

@@ -135,7 +135,7 @@ def test_fast_job_spec_is_plain_and_complete():
         crop_padding_px=2, flip="alternating", cutout_px=0, samples_per_choice=1
     )
     assert dict(spec.methods) == {
-        "ema": EmaSettings(momentum=0.99, every_steps=5),
+        "ema": EmaSettings(momentum=0.99, every_steps=5, warmup="tensorflow"),
         "tta": TtaSettings(flip=True, translate_px=0),
         "ghost_bn": GhostBnSettings(virtual_batch_size=32),
         "frozen_bn_scale": FrozenBnScaleSettings(
@@ -308,7 +308,7 @@ def test_device_mode_augmentation_crops_flips_and_cuts_out_on_the_worker():
 def test_ema_hook_averages_swaps_for_evaluation_and_checkpoints():
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
-    hooks = MethodHooks([EmaHook(momentum=0.99, every_steps=2)])
+    hooks = MethodHooks([EmaHook(momentum=0.99, every_steps=2, warmup="tensorflow")])
     hooks.attach(model)
     start = model.weight.detach().clone()
     for _ in range(4):
@@ -316,7 +316,8 @@ def test_ema_hook_averages_swaps_for_evaluation_and_checkpoints():
             model.weight.add_(1.0)
         hooks.after_step()
     live = model.weight.detach().clone()
-    # Warmup momenta (1/10, then 2/11) instead of 0.99: the average left the initial weights.
+    # TensorFlow's warm-up momenta (1/10, then 2/11) instead of 0.99: the average left the
+    # initial weights.
     expected = 0.1 * start + 0.9 * (start + 2.0)  # update 1 at step 2 (weights +2)
     expected = (2 / 11) * expected + (9 / 11) * (start + 4.0)  # update 2 at step 4 (+4)
     with hooks.evaluation_weights():
@@ -324,7 +325,7 @@ def test_ema_hook_averages_swaps_for_evaluation_and_checkpoints():
     assert torch.equal(model.weight, live)
     state = hooks.state_dict()["EmaHook"]
     assert state["steps"] == 4 and state["ema"]["num_updates"] == 2
-    fresh = EmaHook(momentum=0.99, every_steps=2)
+    fresh = EmaHook(momentum=0.99, every_steps=2, warmup="tensorflow")
     fresh.attach(nn.Linear(4, 2))
     fresh.load_state_dict(state)
     assert torch.allclose(fresh.ema.averaged["weight"], expected) and fresh.steps == 4

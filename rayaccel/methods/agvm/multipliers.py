@@ -318,8 +318,9 @@ def adam_precondition(
     ``g / (sqrt(v / (1 - beta2^t)) + eps)`` per element with the optimizer's current
     ``exp_avg_sq`` v, step t, ``betas`` and ``eps`` (no bias correction if the group sets
     ``bias_correction=False``, as LAMB can). Parameters without optimizer state yet (before the
-    first step) keep their gradient as is. Works for ``torch.optim.Adam``/``AdamW`` and
-    :class:`rayaccel.optim.lamb.LAMB`.
+    first step) keep their gradient as is. Works for ``torch.optim.Adam``/``AdamW``, which count
+    steps per parameter (``state["step"]``), and ``timm.optim.Lamb``, which counts them per
+    parameter group (``group["step"]``).
 
     Args:
         params: Parameters of the optimizer.
@@ -346,7 +347,7 @@ def adam_precondition(
                 "Adam-type optimizers only, pass precondition=None for SGD or LARS"
             )
         group = group_of[id(param)]
-        step = float(state["step"])
+        step = float(state["step"] if "step" in state else group["step"])
         correction2 = 1 - group["betas"][1] ** step if group.get("bias_correction", True) else 1.0
         denominator = (state["exp_avg_sq"].float() / correction2).sqrt_().add_(group["eps"])
         preconditioned.append(grad / denominator)

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
 from rayaccel.core.schema import Strict
+from rayaccel.optim.registry import optimizer_spec
 
 if TYPE_CHECKING:
     from rayaccel.config.job import JobConfig
     from rayaccel.plan import Plan
 
 
+WARMUP_RULES = ("none", "timm", "tensorflow")
+
+
 class EmaTrick(Strict):
-    """EMA of the weights: evaluated instead of the live weights and kept in checkpoints."""
+    """EMA of the weights: evaluated instead of the live weights and kept in checkpoints.
+
+    `momentum` is per update (one every `every_steps` optimizer steps). `warmup` lets it rise
+    from 0 over the first updates: `timm` (the default: timm's `ModelEmaV3` warm-up, 1 - n^(-2/3)
+    at update n, 0.99 after 1,000 updates), `tensorflow` (TensorFlow's `num_updates` rule,
+    n / (9 + n), as the EfficientNet releases use it) or `none` (the momentum from the start).
+    """
 
     every_steps: int = Field(5, ge=1)
     momentum: float = Field(0.99, ge=0, lt=1)
+    warmup: Literal[WARMUP_RULES] = "timm"
 
 
 class TtaTrick(Strict):
@@ -80,6 +91,26 @@ def ghost_bn_problems(job: JobConfig) -> list[str]:
     return []
 
 
+def frozen_bn_scale_problems(job: JobConfig) -> list[str]:
+    """LARS and LAMB cannot decay BN biases: norm weights and biases get no trust ratio there,
+    and timm's optimizers apply decay only with it, so the divided decay would be dropped."""
+    frozen = job.tricks.frozen_bn_scale
+    optimizer = job.train.optimizer
+    if (
+        frozen is None
+        or optimizer.weight_decay == 0
+        or not optimizer_spec(optimizer.name).trust_ratio
+    ):
+        return []
+    return [
+        f"tricks.frozen_bn_scale: gives BN biases weight decay train.optimizer.weight_decay / "
+        f"bias_wd_divisor = {optimizer.weight_decay / frozen.bias_wd_divisor:g}, which "
+        f"train.optimizer.name={optimizer.name} cannot apply (it gives norm weights and biases "
+        f"no trust ratio and no decay); use train.optimizer.name sgd or adamw, "
+        f"train.optimizer.weight_decay: 0, or no tricks.frozen_bn_scale"
+    ]
+
+
 def whitening_problems(job: JobConfig) -> list[str]:
     whitening = job.tricks.whitening
     if whitening is None:
@@ -123,6 +154,7 @@ def tta_problems(job: JobConfig) -> list[str]:
 class EmaSettings:
     momentum: float
     every_steps: int
+    warmup: str
 
 
 @dataclass(frozen=True)
