@@ -23,7 +23,7 @@ Two realisations, picked by `impl`; both take the magnitude on timm's 0..10 scal
 Measured on 512 Fashion-MNIST images (`benchmarks/randaugment_strength.py`, 1 core): at m = 5
 timm changes 69% of the images, by a mean 33.8 grey levels over all images, torchvision 99%
 by 35.1; at m = 9 69% / 43.8 against 100% / 44.6. timm costs about twice torchvision's CPU
-time per 28-px image (90 us against 48 us on a shared CI core), a third of the PNG decode's.
+time per 28-px image (40 us against 19 us on one CI core), more than the PNG decode's 27 us.
 
 Both are reproducible for a seeded `rng`. timm's ops draw from Python's `random` and
 NumPy's legacy global generator; `rand_augment` seeds both from `rng` for the batch and puts
