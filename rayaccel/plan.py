@@ -52,6 +52,8 @@ class StagePlan:
     steps_per_epoch: int
     peak_lr: float
     # Curriculum fields; the defaults describe a plain full-resolution stage.
+    # "timm" | "torchvision" (`rayaccel.data.randaugment`); None means no RandAugment.
+    randaug_impl: str | None = None
     randaug_magnitude: float = 0.0
     replay_factor: int = 1
     planned_data_epochs: float = 0.0
@@ -373,8 +375,10 @@ def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_
             for i, s in enumerate(curriculum.stages)
             if s.global_batch_size is not None
         }
+    randaug_impl = curriculum.randaugment_impl
     if not curriculum.randaugment:
         magnitudes = [0.0] * len(resolutions)
+        randaug_impl = None
     max_batch = curriculum.max_global_batch or batch
     # No cap means the largest LR the square-root rule can produce for these batches.
     lr_max = lr_cap or lr * (max([max_batch, *overrides.values()]) / batch) ** lr_alpha
@@ -428,6 +432,7 @@ def _curriculum_plan(job: JobConfig, train_samples: int, *, baseline_images_per_
                 per_worker_batch=per_worker_batch,
                 steps_per_epoch=steps,
                 peak_lr=stage.lr,
+                randaug_impl=randaug_impl,
                 randaug_magnitude=stage.randaug_magnitude,
                 replay_factor=stage.replay_factor,
                 planned_data_epochs=stage.data_epochs,
@@ -482,6 +487,8 @@ def _progressive_plan(job: JobConfig, train_samples: int, *, steps_per_epoch: in
             per_worker_batch=batch // workers,
             steps_per_epoch=steps_per_epoch,
             peak_lr=job.peak_lr,
+            # EfficientNetV2's own RandAugment is neither; rayaccel keeps torchvision's here.
+            randaug_impl="torchvision",
             randaug_magnitude=min(s.randaug_magnitude, 10.0),
             planned_data_epochs=float(s.epochs),
             compute_share=pixel_compute(s.epochs, s.size_px) / total,
@@ -595,6 +602,13 @@ def _format_progressive_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+_RANDAUG_TEXT = {
+    "timm": "timm's rand-m{M}-mstd0.5-inc1 (each of 2 ops with p 0.5; changes images at M 0 too)",
+    "torchvision": "torchvision's RandAugment (both ops always; M 0 is off)",
+    None: "off (curriculum.randaugment: false)",
+}
+
+
 def _format_curriculum_plan(plan: Plan) -> str:
     header = (
         "stage", "res_px", "epochs", "data_ep", "randaug", "R", "batch", "per_worker", "fresh",
@@ -609,7 +623,7 @@ def _format_curriculum_plan(plan: Plan) -> str:
                 stage.resolution_px,
                 stage.num_epochs,
                 f"{stage.planned_data_epochs:.2f}",
-                f"{stage.randaug_magnitude:g}",
+                f"{stage.randaug_magnitude:g}" if stage.randaug_impl else "off",
                 stage.replay_factor,
                 stage.global_batch,
                 stage.per_worker_batch,
@@ -625,6 +639,7 @@ def _format_curriculum_plan(plan: Plan) -> str:
         "epochs: passes over fresh data (each trains ~R x the dataset); data_ep: planned "
         "trained-sample epochs, budget share x (full/B)^2; fresh: Ray Data samples per worker "
         "and step",
+        f"randaug: {_RANDAUG_TEXT[plan.stages[0].randaug_impl]}",
         f"low-frequency mode: {plan.lowpass_mode}; LR: warmup for {warmup:.3f} of the compute, "
         "then cosine, both on the fraction of compute spent",
         f"total: {plan.total_epochs} epochs, {plan.total_steps} steps, {plan.train_samples} "

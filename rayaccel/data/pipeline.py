@@ -5,8 +5,8 @@ Data tasks that reserve only CPUs, so on a cluster it lands on CPU nodes; worker
 compact uint8 NCHW batches and normalise on their own device.
 
 Order of the CPU work per batch: decode -> random crop -> flip -> RandAugment at the stage's
-magnitude -> optional anti-aliased down-sampling to the stage's resolution (EfficientTrain++
-`resize` mode). Augmenting at full size and shrinking last is the release's order: the
+magnitude (timm's or torchvision's, `rayaccel.data.randaugment`) -> optional anti-aliased
+down-sampling to the stage's resolution (EfficientTrain++ `resize` mode). Augmenting at full size and shrinking last is the release's order: the
 augmentations see the same pixels whatever the stage, and early stages ship smaller batches.
 
 Segmentation sets (`DecodeSpec.task == "segmentation"`) also carry a `mask` per row; it gets
@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 from rayaccel.core.storage import resolve_path
 from rayaccel.data.codec import decode_image
 from rayaccel.data.metadata import TASKS, ShardSetMeta
-from rayaccel.data.randaugment import rand_augment
+from rayaccel.data.randaugment import IMPLS, changes_images, rand_augment
 from rayaccel.methods.etpp.frequency import resize_antialias
 
 BAD_ROW_MARK = "rayaccel bad data row"
@@ -51,8 +51,12 @@ class DecodeSpec:
     on_bad_row: str
     random_crop_padding_px: int = 0
     horizontal_flip: bool = False
-    # timm's 0..10 scale; 0 means no RandAugment.
+    # "timm" | "torchvision" (`rayaccel.data.randaugment`); None means no RandAugment.
+    randaug_impl: str | None = None
+    # timm's 0..10 scale; timm's RandAugment still changes images at 0, torchvision's does not.
     randaug_magnitude: float = 0.0
+    # The pixel timm's geometric ops fill with (the data set's mean); None means mid-grey.
+    randaug_fill: tuple[int, ...] | None = None
     # Down-sample to this side after augmenting; None keeps image_size_px.
     output_size_px: int | None = None
     shard_first_index: tuple[tuple[str, int], ...] = ()
@@ -62,6 +66,20 @@ class DecodeSpec:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"DecodeSpec.task must be one of {TASKS}, got {self.task!r}")
+        if self.randaug_impl is not None and self.randaug_impl not in IMPLS:
+            raise ValueError(
+                f"DecodeSpec.randaug_impl must be one of {IMPLS} or None, got {self.randaug_impl!r}"
+            )
+        if self.randaug_impl is None and self.randaug_magnitude:
+            raise ValueError(
+                f"DecodeSpec.randaug_magnitude={self.randaug_magnitude} needs a randaug_impl "
+                f"(one of {IMPLS})"
+            )
+
+    @property
+    def augments(self) -> bool:
+        """Whether RandAugment changes any image of this spec."""
+        return changes_images(self.randaug_impl, self.randaug_magnitude)
 
 
 def shard_paths(location: str, meta: ShardSetMeta) -> tuple[pafs.FileSystem, list[str]]:
@@ -82,10 +100,10 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
         ValueError: for RandAugment on a segmentation spec.
     """
     segmentation = spec.task == "segmentation"
-    if segmentation and spec.randaug_magnitude:
+    if segmentation and spec.augments:
         raise ValueError(
-            "randaug_magnitude must be 0 for segmentation: RandAugment's geometric ops would "
-            "move the image away from its mask"
+            "RandAugment must be off for segmentation (randaug_impl None, or torchvision at "
+            "randaug_magnitude 0): its geometric ops would move the image away from its mask"
         )
     count = len(batch["index"])
     size = spec.image_size_px
@@ -123,8 +141,14 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
     masks = None
     if segmentation:
         masks, images = images[..., -1], images[..., :-1]
-    if spec.randaug_magnitude:
-        images = rand_augment(images, spec.randaug_magnitude, rng)
+    if spec.augments:
+        images = rand_augment(
+            images,
+            spec.randaug_magnitude,
+            rng,
+            impl=spec.randaug_impl,
+            fill=spec.randaug_fill,
+        )
     if spec.output_size_px is not None:
         images = resize_antialias(images, spec.output_size_px)
         if masks is not None:

@@ -263,7 +263,10 @@ def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPa
             low_res = plan.lowpass_mode == "resize" and stage.resolution_px < data.image_size_px
             stage_spec = dataclasses.replace(
                 decode,
+                randaug_impl=stage.randaug_impl,
                 randaug_magnitude=stage.randaug_magnitude,
+                # timm's transform fills with the mean pixel as timm's ImageNet recipe does.
+                randaug_fill=tuple(round(255 * m) for m in spec.data.mean),
                 output_size_px=stage.resolution_px if low_res else None,
             )
         datasets[stage.dataset] = build_dataset(

@@ -51,6 +51,8 @@ def test_preset_stages_and_compute_ratio(family, resolutions):
     plan = etpp_plan(family)
     assert [s.resolution_px for s in plan.stages] == resolutions
     assert [s.randaug_magnitude for s in plan.stages] == list(range(10))
+    # The release's RandAugment, which changes images at magnitude 0 too.
+    assert {s.randaug_impl for s in plan.stages} == {"timm"}
     assert [s.dataset for s in plan.stages] == [f"train_s{i}" for i in range(10)]
     for stage in plan.stages:
         assert math.isclose(stage.planned_data_epochs, 20 * (224 / stage.resolution_px) ** 2)
@@ -117,9 +119,22 @@ def test_custom_stages_shares_overrides_and_randaugment_off():
     assert math.isclose(low.planned_data_epochs, 4 * 2 / 3 * 4)  # share 2/3, (28/14)^2 = 4
     assert math.isclose(full.planned_data_epochs, 4 / 3)
     assert low.randaug_magnitude == full.randaug_magnitude == 0
+    # Off, not timm's magnitude 0 (which would still apply AutoContrast, Equalize...).
+    assert low.randaug_impl is full.randaug_impl is None
+    assert "randaug: off" in format_plan(plan)
     assert (low.global_batch, full.global_batch) == (512, 64)
     assert math.isclose(full.peak_lr, 0.2 * math.sqrt(64 / 128))
     assert plan.lowpass_mode == "fft" and plan.val_dataset(14) == "val"
+
+
+def test_randaugment_impl_reaches_every_stage_and_the_table():
+    timm = etpp_plan()
+    torchvision = etpp_plan(randaugment_impl="torchvision")
+    assert {s.randaug_impl for s in torchvision.stages} == {"torchvision"}
+    assert "rand-m{M}-mstd0.5-inc1" in format_plan(timm)
+    assert "torchvision's RandAugment" in format_plan(torchvision)
+    with pytest.raises(ConfigError, match="randaugment_impl"):
+        etpp_plan(randaugment_impl="kornia")
 
 
 def test_lr_follows_the_compute_fraction_across_stages():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from rayaccel.data.pipeline import DecodeSpec, decode_batch
@@ -123,16 +124,8 @@ def test_fp16_replay_acts_on_normalised_inputs_only():
     assert hook.on_inputs(inputs).images.shape == (4, 1, 14, 14)
 
 
-def test_rand_augment_is_seeded_and_magnitude_zero_is_off():
-    images = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), dtype=np.uint8)
-    assert rand_augment(images, 0, np.random.default_rng(0)) is images
-    a = rand_augment(images, 9, np.random.default_rng(1))
-    b = rand_augment(images, 9, np.random.default_rng(1))
-    assert a.shape == images.shape and a.dtype == np.uint8
-    assert np.array_equal(a, b) and not np.array_equal(a, images)
-
-
-def test_decode_downsamples_after_augmenting_in_resize_mode():
+@pytest.mark.parametrize("impl", ["timm", "torchvision"])
+def test_decode_downsamples_after_augmenting_in_resize_mode(impl):
     from rayaccel.data.codec import encode_image
 
     pixels = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
@@ -141,6 +134,18 @@ def test_decode_downsamples_after_augmenting_in_resize_mode():
         "label": np.arange(4),
         "index": np.arange(4),
     }
-    spec = DecodeSpec(28, 1, 10, "fail", randaug_magnitude=5, output_size_px=14)
+    spec = DecodeSpec(
+        28,
+        1,
+        10,
+        "fail",
+        randaug_impl=impl,
+        randaug_magnitude=5,
+        randaug_fill=(74,),
+        output_size_px=14,
+    )
     out = decode_batch(batch, spec, np.random.default_rng(0))
     assert out["image"].shape == (4, 1, 14, 14) and out["image"].dtype == np.uint8
+    augmented = rand_augment(pixels, 5, np.random.default_rng(0), impl=impl, fill=(74,))
+    expected = resize_antialias(augmented, 14).transpose(0, 3, 1, 2)
+    assert np.array_equal(out["image"], expected)

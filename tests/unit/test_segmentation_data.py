@@ -219,10 +219,18 @@ def test_bad_masks_fail_or_are_marked(bad_mask, reason):
     assert out["mask"][0].min() == 1
 
 
-def test_randaugment_is_refused_for_segmentation():
+@pytest.mark.parametrize(
+    ("impl", "magnitude"),
+    # timm's RandAugment changes images at magnitude 0 too, so it is refused there as well.
+    [("torchvision", 5), ("timm", 0)],
+)
+def test_randaugment_is_refused_for_segmentation(impl, magnitude):
     batch = class_batch(np.ones((2, 6, 6), np.uint8))
-    with pytest.raises(ValueError, match="randaug_magnitude must be 0 for segmentation"):
-        decode_batch(batch, seg_spec(6, randaug_magnitude=5), np.random.default_rng(0))
+    spec = seg_spec(6, randaug_impl=impl, randaug_magnitude=magnitude)
+    with pytest.raises(ValueError, match="RandAugment must be off for segmentation"):
+        decode_batch(batch, spec, np.random.default_rng(0))
+    plain = seg_spec(6, randaug_impl="torchvision", randaug_magnitude=0)
+    assert decode_batch(batch, plain, np.random.default_rng(0))["mask"].shape == (2, 6, 6)
 
 
 def test_classification_spec_drops_a_mask_column_and_unknown_task_is_refused():

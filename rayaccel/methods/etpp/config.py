@@ -31,7 +31,8 @@ class CurriculumStage(Strict):
     """One stage of a custom curriculum."""
 
     resolution_px: int = Field(ge=8, le=4096)
-    # timm's 0..10 scale; 0 turns RandAugment off for the stage.
+    # timm's 0..10 scale. With curriculum.randaugment_impl timm, 0 still applies the
+    # magnitude-free ops (AutoContrast, Equalize, Invert); with torchvision, 0 is off.
     randaug_magnitude: float = Field(0.0, ge=0, le=10)
     # Relative compute of the stage; shares are normalised over all stages.
     share: float = Field(1.0, gt=0)
@@ -50,8 +51,12 @@ class _CurriculumBase(Strict):
     crops and flips (RandAugment, which only Ray Data has, must then be off).
     `train.epochs` stays the baseline that `budget_epochs` is compared to, and with a
     curriculum `train.schedule.warmup_epochs` counts equivalent full-resolution epochs of
-    compute. `randaugment: false` keeps every stage's magnitude at 0 (use it when the baseline
-    has no RandAugment: ET++ ramps up to the baseline's strength, not beyond). How the plan
+    compute. `randaugment: false` turns RandAugment off in every stage (use it when the
+    baseline has no RandAugment: ET++ ramps up to the baseline's strength, not beyond).
+    `randaugment_impl` picks the realisation (`rayaccel.data.randaugment`): `timm`, the
+    release's `rand-m{M}-mstd0.5-inc1` (each of the 2 ops applies with probability 0.5,
+    magnitude noise std 0.5, magnitude 0 still changes images), or `torchvision` (both ops
+    always apply, so it is stronger at every magnitude; magnitude 0 is off). How the plan
     turns this into whole epochs is documented in `rayaccel.plan`.
     """
 
@@ -68,6 +73,7 @@ class _CurriculumBase(Strict):
     lr_alpha: float | None = Field(None, ge=0, le=2)
     replay: ReplaySection = ReplaySection()
     randaugment: bool = True
+    randaugment_impl: Literal["timm", "torchvision"] = "timm"
 
 
 class EtppCurriculum(_CurriculumBase):

@@ -32,7 +32,8 @@ class ProgressiveCurriculum(Strict):
     release: Literal["s", "m", "l"] | None = None
     num_stages: int | None = Field(None, ge=1, le=100)
     size_px: tuple[int, int] | None = None
-    # rayaccel's RandAugment is on timm's 0..10 scale; the M/L releases' 15 and 20 are clipped.
+    # torchvision's RandAugment (`rayaccel.data.randaugment`, 0 is off) on timm's 0..10
+    # scale; the M/L releases' 15 and 20 are clipped.
     randaug_magnitude: tuple[float, float] | None = None
     mixup_alpha: tuple[float, float] | None = None
     cutmix_alpha: tuple[float, float] | None = None
