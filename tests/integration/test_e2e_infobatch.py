@@ -89,6 +89,9 @@ def _job(tmp_path: Path, name: str, workers: int) -> Path:
     job["model"]["width_multiplier"] = 0.25
     job["train"].update(epochs=3, global_batch_size=128, log_every_steps=100)
     job["train"]["schedule"]["warmup_epochs"] = 0.5
+    # Every epoch after the first prunes (the first full epoch is floor(delta * 3) = 3), so
+    # three epochs show two pruned ones.
+    job["infobatch"]["delta"] = 1.0
     job["scaling"]["num_workers"] = workers
     job["run"]["keep_checkpoints"] = 3
     return write_job(tmp_path, job, name)
@@ -99,7 +102,7 @@ def test_pruned_run_and_continuation_from_a_checkpoint_prune_identically(ray_ses
     rows = read_metrics(tmp_path / "ib")
     summary = read_summary(tmp_path / "ib")
 
-    # Epoch 0 has no scores yet; epochs 1 and 2 prune (first full epoch = ceil(0.875 * 3) = 3).
+    # Epoch 0 has no scores yet; epochs 1 and 2 prune (first full epoch = floor(1.0 * 3) = 3).
     assert rows[0]["infobatch/fraction_pruned"] == 0
     assert rows[0]["train_images"] == 2 * (2000 // 64) * 64
     for row in rows[1:]:

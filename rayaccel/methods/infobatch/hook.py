@@ -49,7 +49,7 @@ class ScoreBoard:
     """The run's InfoBatch score board, reachable from Ray Data tasks and training workers."""
 
     def __init__(
-        self, num_samples: int, *, prune_ratio, delta, total_epochs, seed, selection
+        self, num_samples: int, *, prune_ratio, delta, total_epochs, seed, selection="exact"
     ) -> None:
         self.board = InfoBatchScoreBoard(
             num_samples,
