@@ -57,8 +57,16 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    job_command("validate", _validate, "check a job and print the resolved job")
-    plan = job_command("plan", _plan, "print the epoch/step/batch/LR plan of a job")
+    job_command(
+        "validate",
+        _validate,
+        "check a job and print the resolved job (without its data if it names data.card)",
+    )
+    plan = job_command(
+        "plan",
+        _plan,
+        "print the epoch/step/batch/LR plan of a job (without its data if it names data.card)",
+    )
     plan.add_argument(
         "--show-job", action="store_true", help="also print the resolved job, after the plan"
     )
