@@ -45,9 +45,10 @@ class DatasetFacts(Strict):
         return values
 
 
-# The published splits; mean and std as `rayaccel data prepare` records them (population
-# statistics over the training images; the Fashion-MNIST values match a prepared copy to 4
-# digits). ImageNet's are torchvision's, whose images differ in size.
+# The published split sizes. Mean and std: population statistics over the training images,
+# the form `rayaccel data prepare` records (Fashion-MNIST's match a prepared copy to 4 digits;
+# CIFAR's are the widely quoted ones). ImageNet's are torchvision's; its images differ in
+# size, so its card has no image_size_px and its jobs set data.image_size_px.
 CARDS: dict[str, DatasetFacts] = {
     "imagenet-1k": DatasetFacts(
         train_images=1_281_167,
