@@ -453,6 +453,17 @@ def test_existing_data_wins_over_contradicting_facts_and_says_so():
     )
 
 
+def test_a_present_training_split_wins_while_an_absent_val_split_is_assumed():
+    resolved = _resolved({"data.val": "/nonexistent/val", "data.card": "fashion-mnist"})
+    assert resolved.train_images == 4_000  # the fixture's, not the card's
+    assert resolved.assumed == (
+        "assumed (data not found at /nonexistent/val): 10,000 validation images, "
+        "from card fashion-mnist"
+    )
+    (line,) = resolved.contradictions
+    assert "60,000 training images" in line and "validation" not in line
+
+
 def test_facts_that_agree_with_the_data_raise_no_warning():
     facts = {
         "train_images": 4_000,
