@@ -11,7 +11,7 @@ import json
 import re
 import sys
 
-from rayaccel.config import ConfigError, dump_job, load_job
+from rayaccel.config import ConfigError, dump_job, load_job, resolve_data_facts
 
 EXIT_BAD_INPUT = 2
 _OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=.*")
@@ -57,8 +57,19 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    job_command("validate", _validate, "check a job and print the resolved job")
-    job_command("plan", _plan, "print the epoch/step/batch/LR plan of a job")
+    job_command(
+        "validate",
+        _validate,
+        "check a job and print the resolved job (without its data if it names data.card)",
+    )
+    plan = job_command(
+        "plan",
+        _plan,
+        "print the epoch/step/batch/LR plan of a job (without its data if it names data.card)",
+    )
+    plan.add_argument(
+        "--show-job", action="store_true", help="also print the resolved job, after the plan"
+    )
     job_command("run", _run, "train a job on the connected (or a new local) Ray cluster")
 
     from rayaccel.submit import add_submit_arguments
@@ -118,16 +129,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args, *, check_paths: bool = True):
-    return load_job(
-        args.job, args.overrides, check_paths=check_paths, curriculum_file=args.curriculum
-    )
+def _load(args, *, plan_only: bool):
+    """The job with its data resolved; contradicted `data.card` / `data.facts` are warned of."""
+    job = load_job(args.job, args.overrides, check_paths=False, curriculum_file=args.curriculum)
+    resolved = resolve_data_facts(job, source=args.job, plan_only=plan_only)
+    for line in resolved.contradictions:
+        print(f"{args.job}: warning: {line}", file=sys.stderr)
+    return resolved
 
 
 def _validate(args) -> int:
-    job = _load(args)
-    _check_model(job, args.job)
-    print(dump_job(job), end="")
+    resolved = _load(args, plan_only=True)
+    _check_model(resolved.job, args.job)
+    print(dump_job(resolved.job), end="")
+    if resolved.assumed:
+        print(f"{args.job}: {resolved.assumed}", file=sys.stderr)
     print(f"{args.job}: OK", file=sys.stderr)
     return 0
 
@@ -137,14 +153,19 @@ def _plan(args) -> int:
     from rayaccel.plan import PlanError, format_plan
     from rayaccel.train.runner import build_run
 
-    job = _load(args)
+    resolved = _load(args, plan_only=True)
+    job = resolved.job
     try:
-        plan, _ = build_run(job)
+        plan, _ = build_run(job, train_images=resolved.train_images)
     except PlanError as err:
         raise ConfigError([f"{args.job}: {err}"]) from None
-    print(dump_job(job))
     print(format_plan(plan))
     print(methods_line(job))
+    if resolved.assumed:
+        print(resolved.assumed)
+    if args.show_job:
+        print()
+        print(dump_job(job), end="")
     return 0
 
 
@@ -152,7 +173,7 @@ def _run(args) -> int:
     from rayaccel.plan import PlanError
     from rayaccel.train.runner import RunFailed, run_job
 
-    job = _load(args)
+    job = _load(args, plan_only=False).job
     _check_model(job, args.job)
     try:
         summary = run_job(job)

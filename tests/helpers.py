@@ -13,8 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from rayaccel.config import apply_overrides, parse_job, read_yaml, resolve_data
-from rayaccel.data.metadata import read_meta
+from rayaccel.config import apply_overrides, parse_job, read_yaml, resolve_data_facts
 from rayaccel.plan import make_plan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -126,44 +125,39 @@ def write_subset(split_dir: Path, out_dir: Path, rows: int) -> Path:
     return out_dir
 
 
-# What `rayaccel data prepare` would record for the data sets the shipped jobs point at.
-_SHIPPED_DATASETS = {
-    "data/fashion-mnist/": dict(channels=1, num_classes=10, train_samples=60_000, size_px=28),
-    "data/cifar10/": dict(channels=3, num_classes=10, train_samples=50_000, size_px=32),
-    "/data/imagenet": dict(channels=3, num_classes=1000, train_samples=1_281_167, size_px=None),
-}
+# Where no data set is, on any machine: the data folders of jobs planned from their facts.
+ABSENT_DATA = Path("/nonexistent/rayaccel-data")
+
+
+def data_absent_overrides(raw: dict) -> list[str]:
+    """Overrides pointing a raw job's data folders at `ABSENT_DATA` when it states its data
+    set's facts (`data.card`, `data.facts`), so it is planned from them whether or not a copy
+    of the data is on this machine; none for jobs on the bundled fixture."""
+    data = raw["data"]
+    if data.get("card") is None and data.get("facts") is None:
+        return []
+    return [f"data.train={ABSENT_DATA / 'train'}", f"data.val={ABSENT_DATA / 'val'}"]
+
+
+def search_overrides(job_overrides: dict) -> list[str]:
+    """A search file's `job_overrides` as command-line overrides (JSON values are YAML)."""
+    return [f"{key}={json.dumps(value)}" for key, value in job_overrides.items()]
 
 
 def shipped_plan(job_path: Path, overrides: dict | None = None):
-    """The plan of a shipped job (with search overrides), without its data on disk.
+    """The plan of a shipped job (with search overrides) as `rayaccel plan` makes it.
 
     Jobs whose data is not in the repository (ImageNet, full Fashion-MNIST, CIFAR-10) are
-    planned from the facts their datasets' metadata would give (size, channels, classes,
-    training images); jobs on the bundled fixture from its real metadata.
+    planned from their `data.card` with their data absent; jobs on the bundled fixture from
+    its real metadata.
     """
-    raw = read_yaml(job_path)
-    if overrides:
-        raw = apply_overrides(raw, [f"{key}={value}" for key, value in overrides.items()])
+    raw = apply_overrides(read_yaml(job_path), search_overrides(overrides or {}))
+    raw = apply_overrides(raw, data_absent_overrides(raw))
     job = parse_job(raw, source=str(job_path))
-    facts = next(
-        (f for prefix, f in _SHIPPED_DATASETS.items() if job.data.train.startswith(prefix)), None
-    )
-    if facts is None:  # bundled fixture data: plan from its real metadata
-        cwd = os.getcwd()
-        os.chdir(REPO_ROOT)
-        try:
-            job = resolve_data(job, source=str(job_path))
-            train_samples = read_meta(job.data.train).count
-        finally:
-            os.chdir(cwd)
-    else:
-        filled = {"channels": facts["channels"], "num_classes": facts["num_classes"]}
-        filled["task"] = "classification"
-        filled["mean"] = [0.5] * facts["channels"]
-        filled["std"] = [0.25] * facts["channels"]
-        if job.data.image_size_px is None:
-            filled["image_size_px"] = facts["size_px"]
-        filled = {k: v for k, v in filled.items() if getattr(job.data, k) is None}
-        job = job.model_copy(update={"data": job.data.model_copy(update=filled)})
-        train_samples = facts["train_samples"]
-    return make_plan(job, train_samples=train_samples)
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)  # the fixture's paths are relative to the repository
+    try:
+        resolved = resolve_data_facts(job, source=str(job_path), plan_only=True)
+    finally:
+        os.chdir(cwd)
+    return make_plan(resolved.job, train_samples=resolved.train_images)

@@ -6,7 +6,8 @@ no component ever reads the job. Every problem is reported as one line naming it
 (`train.optimizer.lr: must be > 0, got -1`) so a user can fix all of them in one go.
 
 - `job`: the job's own sections and `JobConfig`, composed with the methods' sections from
-  `rayaccel.methods.registry`; loading and data resolution.
+  `rayaccel.methods.registry`; loading and data resolution (from the data's metadata, or
+  from `data.card` / `data.facts` while planning without the data).
 - `io`: YAML files, overrides and curriculum files as raw mappings.
 - `errors`: `ConfigError` and the one formatter of schema errors.
 """
@@ -18,12 +19,14 @@ from rayaccel.config.job import (
     CosineSchedule,
     JobConfig,
     ResNet9Model,
+    ResolvedData,
     TimmModel,
     TrainConfig,
     dump_job,
     load_job,
     parse_job,
     resolve_data,
+    resolve_data_facts,
 )
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "CosineSchedule",
     "JobConfig",
     "ResNet9Model",
+    "ResolvedData",
     "TimmModel",
     "TrainConfig",
     "apply_overrides",
@@ -42,4 +46,5 @@ __all__ = [
     "parse_job",
     "read_yaml",
     "resolve_data",
+    "resolve_data_facts",
 ]

@@ -12,6 +12,7 @@ import functools
 import math
 import operator
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +30,8 @@ from pydantic import (
 from rayaccel.config.errors import ConfigError, format_errors
 from rayaccel.config.io import apply_overrides, load_curriculum_file, merge_curriculum, read_yaml
 from rayaccel.core.schema import Strict, cross_field_error, number, variant_key_error
-from rayaccel.data.metadata import read_meta
+from rayaccel.data.cards import CARD_NAMES, CARDS, DatasetFacts
+from rayaccel.data.metadata import ShardSetMeta, read_meta
 from rayaccel.methods.registry import METHODS, MethodSpec, method_problems
 from rayaccel.optim.lr_scaling import linear_warmup_epochs_for, rule_exponent, scale_lr
 from rayaccel.optim.registry import OPTIMIZER_NAMES
@@ -71,6 +73,11 @@ class ParquetData(Strict):
     # whole batches there (datasets that fit in device memory, e.g. CIFAR or Fashion-MNIST);
     # an EfficientTrain++ curriculum then down-samples on the worker in either of its modes.
     mode: Literal["ray", "device"] = "ray"
+    # What `rayaccel plan` and `validate` assume where the data folders are absent (a job
+    # written for a cluster's disk): a known data set's published facts, or facts stated
+    # here. Training always reads the data, and the data's metadata wins where it exists.
+    card: Literal[CARD_NAMES] | None = None
+    facts: DatasetFacts | None = None
 
     @field_validator("std")
     @classmethod
@@ -78,6 +85,26 @@ class ParquetData(Strict):
         if std is not None and any(s <= 0 for s in std):
             raise ValueError(f"every std must be > 0, got {std}")
         return std
+
+    @model_validator(mode="after")
+    def _one_source_of_facts(self) -> ParquetData:
+        if self.card is not None and self.facts is not None:
+            raise cross_field_error(
+                [
+                    "data.facts: set data.card or data.facts, not both (the facts would "
+                    f"replace card {self.card}'s)"
+                ]
+            )
+        return self
+
+    @property
+    def stated_facts(self) -> tuple[str, DatasetFacts] | None:
+        """Where the stated facts come from (`card imagenet-1k`, `data.facts`), and them."""
+        if self.card is not None:
+            return f"card {self.card}", CARDS[self.card]
+        if self.facts is not None:
+            return "data.facts", self.facts
+        return None
 
 
 DataConfig = ParquetData
@@ -568,7 +595,7 @@ def load_job(
         overrides: `section.key=value` strings from the command line.
         check_paths: Also check that the data folders exist and hold rayaccel metadata,
             and fill image size, channels, classes and mean/std from it where the job left
-            them out.
+            them out (`resolve_data`; without the data, see `resolve_data_facts`).
         curriculum_file: A `curriculum:` file written by `rayaccel tune`, applied before the
             overrides (see `merge_curriculum`).
     """
@@ -582,10 +609,55 @@ def load_job(
     return job
 
 
+@dataclass(frozen=True)
+class ResolvedData:
+    """A job with its data fields filled, and what they were filled from.
+
+    Attributes:
+        job: The job, every data field the job left out filled from the metadata (or, for
+            an absent folder, from `data.card` / `data.facts`).
+        train_images: Images in the training split, for the plan.
+        assumed: The line naming the facts taken from `data.card` / `data.facts` because
+            data folders are absent; None when the data was read.
+        contradictions: At most one line: where the data's metadata contradicts
+            `data.card` / `data.facts` (the metadata was used).
+    """
+
+    job: JobConfig
+    train_images: int
+    assumed: str | None = None
+    contradictions: tuple[str, ...] = ()
+
+
+# Prepared statistics differ from the published ones by resizing and rounding, not by this.
+_STATISTICS_TOLERANCE = 0.01
+
+
 def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
-    """Checks the data folders and fills data fields the job left to the dataset metadata."""
+    """Checks the data folders and fills data fields the job left to the dataset metadata.
+
+    The folders must exist, as for training; commands use `resolve_data_facts`, which also
+    plans without them and says where the data contradicts the job's stated facts.
+    """
+    return resolve_data_facts(job, source=source).job
+
+
+def resolve_data_facts(
+    job: JobConfig, *, source: str = "job", plan_only: bool = False
+) -> ResolvedData:
+    """Fills the data fields the job left out, from the data's metadata or its stated facts.
+
+    Args:
+        job: A validated job.
+        source: What error lines start with, usually the job file's path.
+        plan_only: The caller only checks or plans the job (`rayaccel validate`, `plan`), so
+            an absent data folder may be stood in for by `data.card` / `data.facts`;
+            training (the default) needs the data itself.
+    """
+    stated = job.data.stated_facts
     problems = []
     metas = {}
+    absent = {}
     for split in ("train", "val"):
         location = getattr(job.data, split)
         if location is None:
@@ -593,7 +665,10 @@ def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
         try:
             metas[split] = read_meta(location)
         except FileNotFoundError as err:
-            problems.append(f"data.{split}: {err}")
+            if plan_only and stated is not None:
+                absent[split] = location
+            else:
+                problems.append(f"data.{split}: {err}{_absent_hint(stated, plan_only)}")
         except (ValueError, OSError) as err:
             problems.append(
                 f"data.{split}: {location} is not a prepared dataset folder ({err}); "
@@ -601,45 +676,32 @@ def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
             )
     if problems:
         raise ConfigError([f"{source}: {p}" for p in problems])
-    meta = metas["train"]
+    train = _train_facts(job, metas.get("train"), stated)
     filled = {}
     if job.data.image_size_px is None:
-        if meta.image_size is None or meta.image_size[0] != meta.image_size[1]:
-            problems.append(
-                f"data.image_size_px: the images in {job.data.train} are not one square size "
-                f"({meta.image_size}); set data.image_size_px"
-            )
+        if train.image_size_px is None:
+            problems.append(f"data.image_size_px: {train.unsized}; set data.image_size_px")
         else:
-            filled["image_size_px"] = meta.image_size[0]
-    for field, value in (
-        ("channels", meta.channels),
-        ("num_classes", meta.num_classes),
-        ("task", meta.task),
-        ("mean", list(meta.mean)),
-        ("std", list(meta.std)),
-    ):
+            filled["image_size_px"] = train.image_size_px
+    for field in ("channels", "num_classes", "task", "mean", "std"):
         if getattr(job.data, field) is None:
-            filled[field] = value
-    channels = job.data.channels or meta.channels
+            filled[field] = getattr(train, field)
+    channels = job.data.channels or train.channels
     for name in ("mean", "std"):
         values = getattr(job.data, name) or filled.get(name)
         if len(values) != channels:
             problems.append(
                 f"data.{name}: needs one value per channel ({channels}), got {len(values)}"
             )
-    tasks = {split: m.task for split, m in metas.items()}
-    if "val" in tasks and tasks["val"] != tasks["train"]:
+    val_meta = metas.get("val")
+    if val_meta is not None and val_meta.task != train.task:
+        problems.append(f"data.val: is a {val_meta.task} data set but data.train is {train.task}")
+    if job.data.task is not None and job.data.task != train.task:
+        problems.append(f"data.task: is {job.data.task} but {train.holder} {train.task} data")
+    num_classes = job.data.num_classes or train.num_classes
+    if val_meta is not None and val_meta.num_classes > num_classes:
         problems.append(
-            f"data.val: is a {tasks['val']} data set but data.train is {tasks['train']}"
-        )
-    if job.data.task is not None and job.data.task != tasks["train"]:
-        problems.append(
-            f"data.task: is {job.data.task} but {job.data.train} holds {tasks['train']} data"
-        )
-    if "val" in metas and metas["val"].num_classes > (job.data.num_classes or meta.num_classes):
-        problems.append(
-            f"data.val: has {metas['val'].num_classes} classes but training uses "
-            f"{job.data.num_classes or meta.num_classes}"
+            f"data.val: has {val_meta.num_classes} classes but training uses {num_classes}"
         )
     if problems:
         raise ConfigError([f"{source}: {p}" for p in problems])
@@ -652,7 +714,143 @@ def resolve_data(job: JobConfig, *, source: str = "job") -> JobConfig:
         problems.extend(task_problems(job))
     if problems:
         raise ConfigError([f"{source}: {p}" for p in problems])
-    return job
+    return ResolvedData(
+        job=job,
+        train_images=train.train_images,
+        assumed=_assumed_line(absent, stated, filled) if absent else None,
+        contradictions=_contradictions(job.data, metas),
+    )
+
+
+@dataclass(frozen=True)
+class _TrainFacts:
+    """The training split's facts, read from its metadata or stated by the job."""
+
+    train_images: int
+    num_classes: int
+    channels: int
+    image_size_px: int | None
+    mean: list[float]
+    std: list[float]
+    task: str
+    # "<where> holds" / "<card> describes", for messages about the split.
+    holder: str
+    # Why there is no one image size, for the data.image_size_px message.
+    unsized: str
+
+
+def _train_facts(
+    job: JobConfig, meta: ShardSetMeta | None, stated: tuple[str, DatasetFacts] | None
+) -> _TrainFacts:
+    if meta is not None:
+        square = meta.image_size is not None and meta.image_size[0] == meta.image_size[1]
+        return _TrainFacts(
+            train_images=meta.count,
+            num_classes=meta.num_classes,
+            channels=meta.channels,
+            image_size_px=meta.image_size[0] if square else None,
+            mean=list(meta.mean),
+            std=list(meta.std),
+            task=meta.task,
+            holder=f"{job.data.train} holds",
+            unsized=f"the images in {job.data.train} are not one square size ({meta.image_size})",
+        )
+    origin, facts = stated
+    return _TrainFacts(
+        train_images=facts.train_images,
+        num_classes=facts.num_classes,
+        channels=facts.channels,
+        image_size_px=facts.image_size_px,
+        mean=list(facts.mean),
+        std=list(facts.std),
+        task=facts.task,
+        holder=f"{origin} describes",
+        unsized=f"{origin} states no one image size (its images differ in size)",
+    )
+
+
+def _absent_hint(stated: tuple[str, DatasetFacts] | None, plan_only: bool) -> str:
+    if stated is not None:
+        return (
+            f"; training reads the data itself ({stated[0]} stands in for it only in "
+            "`rayaccel plan` and `rayaccel validate`)"
+        )
+    if plan_only:
+        return (
+            f"; to plan without the data, set data.card ({', '.join(CARD_NAMES)}) or "
+            "data.facts (train_images, num_classes, channels, image_size_px, mean, std)"
+        )
+    return ""
+
+
+def _assumed_line(
+    absent: dict[str, str], stated: tuple[str, DatasetFacts], filled: dict[str, Any]
+) -> str:
+    """`assumed (data not found at ...): 1,281,167 training images, ... from card imagenet-1k`."""
+    origin, facts = stated
+    assumed = []
+    if "train" in absent:
+        assumed.append(f"{facts.train_images:,} training images")
+    if "val" in absent and facts.val_images is not None:
+        assumed.append(f"{facts.val_images:,} validation images")
+    if "train" in absent:
+        if "image_size_px" in filled:
+            assumed.append(f"{filled['image_size_px']} px images")
+        if "num_classes" in filled:
+            assumed.append(f"{filled['num_classes']} classes")
+        if "channels" in filled:
+            assumed.append(f"{filled['channels']} channel" + "s" * (filled["channels"] > 1))
+        assumed.extend(f"{name} {filled[name]}" for name in ("mean", "std") if name in filled)
+        if filled.get("task") == "segmentation":
+            assumed.append("segmentation masks")
+    facts_text = ", ".join(assumed) or "nothing the plan needs"
+    return f"assumed (data not found at {', '.join(absent.values())}): {facts_text}, from {origin}"
+
+
+def _contradictions(data: DataConfig, metas: dict[str, ShardSetMeta]) -> tuple[str, ...]:
+    """Where the data that exists says otherwise than `data.card` / `data.facts`."""
+    stated = data.stated_facts
+    if stated is None or not metas:
+        return ()
+    facts = stated[1]
+    differences = []
+    train = metas.get("train")
+    if train is not None:
+        where = data.train
+        if train.count != facts.train_images:
+            differences.append(
+                f"{facts.train_images:,} training images ({where} holds {train.count:,})"
+            )
+        for name, stated_value, found in (
+            ("classes", facts.num_classes, train.num_classes),
+            ("channels", facts.channels, train.channels),
+        ):
+            if stated_value != found:
+                differences.append(f"{stated_value} {name} ({where} holds {found})")
+        size = facts.image_size_px
+        if size is not None and train.image_size != (size, size):
+            shown = "x".join(map(str, train.image_size)) if train.image_size else "mixed sizes"
+            differences.append(f"{size} px images ({where} holds {shown})")
+        for name in ("mean", "std"):
+            stated_values, found = getattr(facts, name), getattr(train, name)
+            if len(found) == len(stated_values) and any(
+                abs(a - b) > _STATISTICS_TOLERANCE
+                for a, b in zip(stated_values, found, strict=True)
+            ):
+                differences.append(
+                    f"{name} {stated_values} ({where} holds {[round(v, 4) for v in found]})"
+                )
+        if train.task != facts.task:
+            differences.append(f"{facts.task} data ({where} holds {train.task} data)")
+    val = metas.get("val")
+    if val is not None and facts.val_images is not None and val.count != facts.val_images:
+        differences.append(
+            f"{facts.val_images:,} validation images ({data.val} holds {val.count:,})"
+        )
+    if not differences:
+        return ()
+    said = f"data.card: {data.card}'s facts" if data.card else "data.facts: the stated facts"
+    return (f"{said} differ from the data, whose metadata is used: " + "; ".join(differences),)
 
 
 def dump_job(job: JobConfig) -> str:

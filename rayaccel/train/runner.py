@@ -115,9 +115,17 @@ class _SplitTrainEqually(DataConfig):
         return output
 
 
-def build_run(job: JobConfig) -> tuple[Plan, WorkerSpec]:
-    """The plan and the workers' spec of a validated, data-resolved job."""
-    plan = make_plan(job, train_samples=read_meta(job.data.train).count)
+def build_run(job: JobConfig, *, train_images: int | None = None) -> tuple[Plan, WorkerSpec]:
+    """The plan and the workers' spec of a validated, data-resolved job.
+
+    Args:
+        job: The job, its data fields resolved.
+        train_images: Images in the training split; None reads them from its metadata (a
+            plan of absent data passes the count its stated facts give).
+    """
+    if train_images is None:
+        train_images = read_meta(job.data.train).count
+    plan = make_plan(job, train_samples=train_images)
     return plan, build_worker_spec(job, plan)
 
 

@@ -17,8 +17,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from rayaccel.config import ConfigError, JobConfig, parse_job, read_yaml
-from rayaccel.config import resolve_data as resolve_job_data
+from rayaccel.config import ConfigError, JobConfig, parse_job, read_yaml, resolve_data_facts
 from rayaccel.core.records import EpochRecord
 from rayaccel.core.storage import absolute_location
 from rayaccel.train.runner import free_placement_group, run_job
@@ -71,7 +70,10 @@ def base_job_raw(
         | ({"GPU": trial.gpus_per_worker} if trial.gpus_per_worker > 0 else {}),
         "preprocess_cpus": trial.preprocess_cpus,
     }
-    job = resolve_job_data(parse_job(raw, source=job_path), source=job_path)
+    resolved = resolve_data_facts(parse_job(raw, source=job_path), source=job_path)
+    for line in resolved.contradictions:
+        print(f"[rayaccel] warning: {job_path}: {line}", flush=True)
+    job = resolved.job
     if job.data.val is None:
         raise ConfigError(
             [

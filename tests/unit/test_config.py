@@ -21,7 +21,9 @@ from rayaccel.config import (
     load_job,
     parse_job,
     resolve_data,
+    resolve_data_facts,
 )
+from rayaccel.data.cards import CARDS
 
 FIXTURE_META = json.loads((FIXTURE / "train" / "metadata.json").read_text())
 
@@ -379,6 +381,158 @@ def test_resolve_data_rejects_fewer_classes_than_the_val_split(tmp_path):
     assert _problems(path, check_paths=True) == [
         f"{path}: data.val: has 10 classes but training uses 5"
     ]
+
+
+# ---------------------------------------------------------------- planning without the data
+ABSENT = {"data.train": "/nonexistent/train", "data.val": "/nonexistent/val"}
+STATED_FACTS = {
+    "train_images": 2_000,
+    "num_classes": 5,
+    "channels": 3,
+    "image_size_px": 64,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+}
+
+
+def _resolved(changes: dict, *, plan_only: bool = True):
+    return resolve_data_facts(parse_job(_job_with(changes)), source="j.yaml", plan_only=plan_only)
+
+
+def test_an_absent_data_set_is_planned_from_its_card():
+    resolved = _resolved({**ABSENT, "data.card": "cifar100"})
+    data, card = resolved.job.data, CARDS["cifar100"]
+    assert resolved.train_images == card.train_images == 50_000
+    assert (data.image_size_px, data.channels, data.num_classes) == (32, 3, 100)
+    assert (data.mean, data.std, data.task) == (card.mean, card.std, "classification")
+    assert resolved.assumed == (
+        "assumed (data not found at /nonexistent/train, /nonexistent/val): 50,000 training "
+        "images, 10,000 validation images, 32 px images, 100 classes, 3 channels, mean "
+        "[0.5071, 0.4865, 0.4409], std [0.2673, 0.2564, 0.2762], from card cifar100"
+    )
+    assert resolved.contradictions == ()
+
+
+def test_the_jobs_own_data_fields_win_over_stated_facts():
+    changes = {**ABSENT, "data.facts": STATED_FACTS, "data.image_size_px": 48}
+    resolved = _resolved({**changes, "data.num_classes": 7})
+    assert (resolved.job.data.image_size_px, resolved.job.data.num_classes) == (48, 7)
+    # Only what came from the facts is listed as assumed.
+    assert resolved.assumed == (
+        "assumed (data not found at /nonexistent/train, /nonexistent/val): 2,000 training "
+        "images, 3 channels, mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25], from data.facts"
+    )
+
+
+def test_a_card_without_one_image_size_needs_data_image_size_px():
+    with pytest.raises(ConfigError) as caught:
+        _resolved({**ABSENT, "data.card": "imagenet-1k"})
+    assert caught.value.problems == [
+        "j.yaml: data.image_size_px: card imagenet-1k states no one image size (its images "
+        "differ in size); set data.image_size_px"
+    ]
+    assert _resolved({**ABSENT, "data.card": "imagenet-1k", "data.image_size_px": 224})
+
+
+def test_existing_data_wins_over_contradicting_facts_and_says_so():
+    resolved = _resolved({"data.card": "fashion-mnist"})
+    assert resolved.assumed is None
+    assert resolved.train_images == FIXTURE_META["count"] == 4_000
+    assert resolved.job.data.mean == FIXTURE_META["mean"]
+    assert resolved.contradictions == (
+        "data.card: fashion-mnist's facts differ from the data, whose metadata is used: "
+        f"60,000 training images ({FIXTURE / 'train'} holds 4,000); "
+        f"10,000 validation images ({FIXTURE / 'test'} holds 1,000)",
+    )
+    facts = {**STATED_FACTS, "train_images": 4_000, "channels": 1, "mean": [0.9], "std": [0.35]}
+    (line,) = _resolved({"data.facts": facts}).contradictions
+    assert line == (
+        "data.facts: the stated facts differ from the data, whose metadata is used: 5 classes "
+        f"({FIXTURE / 'train'} holds 10); 64 px images ({FIXTURE / 'train'} holds 28x28); "
+        f"mean [0.9] ({FIXTURE / 'train'} holds [0.2888])"
+    )
+
+
+def test_a_present_training_split_wins_while_an_absent_val_split_is_assumed():
+    resolved = _resolved({"data.val": "/nonexistent/val", "data.card": "fashion-mnist"})
+    assert resolved.train_images == 4_000  # the fixture's, not the card's
+    assert resolved.assumed == (
+        "assumed (data not found at /nonexistent/val): 10,000 validation images, "
+        "from card fashion-mnist"
+    )
+    (line,) = resolved.contradictions
+    assert "60,000 training images" in line and "validation" not in line
+
+
+def test_facts_that_agree_with_the_data_raise_no_warning():
+    facts = {
+        "train_images": 4_000,
+        "val_images": 1_000,
+        "num_classes": 10,
+        "channels": 1,
+        "image_size_px": 28,
+        "mean": [0.2888],  # within 0.01 of the metadata's: rounding, not another data set
+        "std": [0.35],
+    }
+    assert _resolved({"data.facts": facts}).contradictions == ()
+
+
+def test_training_refuses_absent_data_even_with_a_card():
+    with pytest.raises(ConfigError) as caught:
+        _resolved({**ABSENT, "data.card": "fashion-mnist"}, plan_only=False)
+    hint = (
+        "expected a split folder written by `rayaccel data prepare`; training reads the data "
+        "itself (card fashion-mnist stands in for it only in `rayaccel plan` and `rayaccel "
+        "validate`)"
+    )
+    assert caught.value.problems == [
+        f"j.yaml: data.train: /nonexistent/train/metadata.json not found; {hint}",
+        f"j.yaml: data.val: /nonexistent/val/metadata.json not found; {hint}",
+    ]
+
+
+def test_absent_data_without_facts_says_how_to_plan_without_it():
+    with pytest.raises(ConfigError) as caught:
+        _resolved({**ABSENT, "data.val": None})
+    assert caught.value.problems == [
+        "j.yaml: data.train: /nonexistent/train/metadata.json not found; expected a split "
+        "folder written by `rayaccel data prepare`; to plan without the data, set data.card "
+        "(imagenet-1k, cifar10, cifar100, fashion-mnist) or data.facts (train_images, "
+        "num_classes, channels, image_size_px, mean, std)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"data.card": "imagenet"},
+            "data.card: must be 'imagenet-1k', 'cifar10', 'cifar100' or 'fashion-mnist', "
+            "got 'imagenet'",
+        ),
+        (
+            {"data.card": "cifar10", "data.facts": STATED_FACTS},
+            "data.facts: set data.card or data.facts, not both (the facts would replace card "
+            "cifar10's)",
+        ),
+        (
+            {"data.facts": {**STATED_FACTS, "mean": [0.5]}},
+            "data.facts.mean: needs one value per channel (3), got 1",
+        ),
+        (
+            {"data.facts": {**STATED_FACTS, "train_images": 0}},
+            "data.facts.train_images: must be >= 1, got 0",
+        ),
+        (
+            {"data.facts": {k: v for k, v in STATED_FACTS.items() if k != "num_classes"}},
+            "data.facts.num_classes: required, but missing",
+        ),
+    ],
+    ids=["unknown card", "card and facts", "facts per channel", "no images", "facts incomplete"],
+)
+def test_bad_cards_and_facts_name_the_field(tmp_path, changes, expected):
+    path = _write(tmp_path, _job_with(changes))
+    assert _problems(path) == [f"{path}: {expected}"]
 
 
 # ---------------------------------------------------------------- dump

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, shipped_plan
 
 from rayaccel.config import ConfigError, load_job, parse_job
 from rayaccel.plan import Plan, format_plan, make_plan
@@ -269,11 +269,8 @@ def test_piecewise_schedules_are_refused_with_a_curriculum():
     ],
 )
 def test_shipped_curriculum_jobs_plan(name, compute_ratio):
-    job = load_job(REPO_ROOT / "jobs" / name, check_paths=False)
-    assert job.curriculum is not None
-    if job.data.image_size_px is None:  # small jobs read it from the dataset metadata
-        job = job.model_copy(update={"data": job.data.model_copy(update={"image_size_px": 28})})
-    plan = make_plan(job, train_samples=1_281_167 if "imagenet" in name else 60_000)
+    assert load_job(REPO_ROOT / "jobs" / name, check_paths=False).curriculum is not None
+    plan = shipped_plan(REPO_ROOT / "jobs" / name)  # from the job's data.card or fixture
     assert plan.stages[-1].resolution_px == plan.full_resolution_px
     if compute_ratio is not None:
         assert abs(plan.compute_relative_to_baseline() - compute_ratio) < 0.005

@@ -7,8 +7,8 @@ a change to how a job is planned must show up here as a changed table (regenerat
 `RAYACCEL_WRITE_PLAN_TABLES=1 pytest tests/unit/test_plan_tables.py`).
 
 Jobs whose data is not in the repository (ImageNet, full Fashion-MNIST, CIFAR-10) are
-planned from the facts their datasets' metadata would give (`helpers.shipped_plan`), so the
-tables need no data on disk.
+planned from their own `data.card` with their data folders absent (`helpers.shipped_plan`), as
+`rayaccel plan` plans them on a machine without the data.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT
+from helpers import FIXTURE_TEST, FIXTURE_TRAIN, REPO_ROOT, shipped_plan
 
-from rayaccel.config import ConfigError, load_job, parse_job, resolve_data
+from rayaccel.config import ConfigError, parse_job, resolve_data
 from rayaccel.methods.base import StepBatch
 from rayaccel.methods.progressive.hook import RegularisationHook
 from rayaccel.models import build_model
@@ -188,9 +188,6 @@ def test_timm_drop_path_is_built_at_the_largest_rate_and_set_per_stage():
 
 
 def test_shipped_progressive_job_plans():
-    job = load_job(
-        REPO_ROOT / "jobs" / "imagenet-efficientnetv2-s-progressive.yaml", check_paths=False
-    )
-    plan = make_plan(job, train_samples=1_281_167)
+    plan = shipped_plan(REPO_ROOT / "jobs" / "imagenet-efficientnetv2-s-progressive.yaml")
     assert [s.resolution_px for s in plan.stages] == [128, 184, 240, 300]
     assert plan.stages[-1].randaug_magnitude == 10

@@ -297,9 +297,10 @@ def test_curriculum_file_replaces_or_merges_into_the_job(tmp_path, capsys):
 
     path = tmp_path / "rule.yaml"
     path.write_text(yaml.safe_dump({"curriculum": rule}))
-    assert main(["plan", "jobs/quickstart-etpp.yaml", "--curriculum", str(path)]) == 0
+    argv = ["plan", "jobs/quickstart-etpp.yaml", "--curriculum", str(path), "--show-job"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "lr_alpha: 0.7" in out
+    assert "lr_alpha: 0.7" in out  # in the resolved job, printed after the plan
     path.write_text(yaml.safe_dump({"stages": []}))
     assert main(["plan", "jobs/quickstart-etpp.yaml", "--curriculum", str(path)]) == 2
     assert "must hold one `curriculum:` mapping" in capsys.readouterr().err
