@@ -112,7 +112,7 @@ DataConfig = ParquetData
 
 # ---------------------------------------------------------------- model
 class ResNet9Model(Strict):
-    """The built-in myrtle.ai ResNet-9 (METHODS.md section 4)."""
+    """The built-in myrtle.ai ResNet-9."""
 
     name: Literal["resnet9"]
     width_multiplier: float = Field(1.0, gt=0, le=8)
@@ -181,7 +181,7 @@ class OptimizerConfig(Strict):
 
 
 class LrScalingSection(Strict):
-    """How the learning rate follows the global batch (METHODS.md section 6).
+    """How the learning rate follows the global batch.
 
     `train.optimizer.lr` is the rate at `base_batch`; the job trains at
     `lr * (train.global_batch_size / base_batch) ** e` with e = 1 (`linear`, Goyal et al.), 0.5

@@ -2,7 +2,7 @@
 
 Architecture from David Page's myrtle.ai blog series "How to train your ResNet" (2018), which
 took CIFAR-10 to 94% test accuracy in 26 s on one V100, and later reused by airbench. Written
-from the description in METHODS.md section 4, not copied from any implementation:
+from the blog's description, not copied from any implementation:
 
     prep    conv 64
     layer1  conv 128, max-pool 2, residual(conv-BN-act 128, conv-BN-act 128)

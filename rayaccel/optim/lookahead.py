@@ -1,6 +1,6 @@
 """Lookahead: every k steps, pull the weights back part of the way to a slow copy.
 
-METHODS.md section 4, one of airbench's extra tricks. Lookahead (Zhang et al., 2019) keeps
+One of airbench's extra tricks. Lookahead (Zhang et al., 2019) keeps
 "slow" weights phi next to the "fast" weights theta that an inner optimizer trains; every k
 inner steps ``phi <- phi + alpha * (theta - phi)`` and theta restarts from phi. The slow weights
 average out the fast weights' oscillation across a high-curvature valley, which steadies a

@@ -1,4 +1,4 @@
-"""Large-batch learning-rate scaling rules (METHODS.md section 6) and their fitted variant.
+"""Large-batch learning-rate scaling rules and their fitted variant.
 
 A job states its learning rate ``base_lr`` at a reference global batch ``base_batch``; training
 at another global batch ``B`` (a bigger cluster, or an Early-Large-Batch curriculum stage) uses

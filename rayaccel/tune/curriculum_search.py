@@ -1,4 +1,4 @@
-"""Curriculum search, EfficientTrain++ Algorithm 2 (METHODS.md section 1), on Ray Tune.
+"""Curriculum search, EfficientTrain++ Algorithm 2, on Ray Tune.
 
 The curriculum has `num_stages` stages of equal compute (the job's `curriculum.budget_epochs`,
 or `beta * train.epochs`, split evenly). Stage resolutions are decided greedily, first to last.

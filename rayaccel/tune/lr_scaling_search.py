@@ -1,4 +1,4 @@
-"""Large-batch LR-scaling search (METHODS.md section 6) on Ray Tune with ASHA.
+"""Large-batch LR-scaling search on Ray Tune with ASHA.
 
 Every (batch size, LR multiplier) pair is a short full-resolution training of the base job
 (no curriculum). The multipliers of one batch size run as one Tune experiment of parallel

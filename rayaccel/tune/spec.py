@@ -57,7 +57,7 @@ class _SearchBase(Strict):
 
 
 class CurriculumSearch(_SearchBase):
-    """EfficientTrain++ Algorithm 2: pick each stage's resolution greedily (METHODS.md 1)."""
+    """EfficientTrain++ Algorithm 2: pick each stage's resolution greedily."""
 
     kind: Literal["curriculum"]
     num_stages: int = Field(ge=1, le=20)

@@ -134,7 +134,7 @@ def test_equal_variance_keeps_mu_at_one():
 
 
 def test_mu_direction_follows_the_variance_ratio():
-    # METHODS.md: mu_k = sqrt((D_0 + eps) / (D_k + eps)). A head noisier than the backbone
+    # AGVM's rule: mu_k = sqrt((D_0 + eps) / (D_k + eps)). A head noisier than the backbone
     # (larger D) gets a smaller LR; a head cleaner than the backbone gets a larger one.
     noisier_head = _state(momentum=0.0)
     noisier_head.update({"backbone": 0.2, "head": 0.3})

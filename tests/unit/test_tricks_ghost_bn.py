@@ -1,4 +1,4 @@
-"""Tests of ghost batch norm (METHODS.md section 4: 32-sample splits)."""
+"""Tests of ghost batch norm (32-sample splits)."""
 
 import pytest
 import torch

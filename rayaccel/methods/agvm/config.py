@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class AgvmSection(Strict):
-    """AGVM: per-component LR multipliers from gradient variance (METHODS.md section 5).
+    """AGVM: per-component LR multipliers from gradient variance.
 
     `components` maps a component name to parameter-name patterns (shell-style, `*` also
     matches dots, or `re:` regular expressions); the first component is the reference

@@ -1,8 +1,8 @@
 """AGVM: per-component learning rates from the gradient variance of each module (Xue et al. 2022).
 
 At large batch, a model's components (backbone, neck, heads) see very different gradient noise;
-AGVM keeps them in step by giving every component k its own LR multiplier mu_k (METHODS.md
-section 5). Every ``interval`` optimizer steps from ``start_step`` on, the global batch is split
+AGVM keeps them in step by giving every component k its own LR multiplier mu_k (Xue et
+al., CVPR 2022). Every ``interval`` optimizer steps from ``start_step`` on, the global batch is split
 into two halves A and B, and per component
 
     D_k = 1 - cos(g_A^k, g_B^k)

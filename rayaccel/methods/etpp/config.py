@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class ReplaySection(Strict):
-    """The per-worker replay buffer of EfficientTrain++ (METHODS.md section 1).
+    """The per-worker replay buffer of EfficientTrain++.
 
     `uint8` keeps raw pixels as they arrive from Ray Data (half the memory; low-pass crop and
     normalisation are recomputed for replayed samples); `fp16` keeps normalised, already
@@ -42,7 +42,7 @@ class CurriculumStage(Strict):
 
 
 class _CurriculumBase(Strict):
-    """EfficientTrain++ (METHODS.md section 1): what every curriculum shares.
+    """EfficientTrain++: what every curriculum shares.
 
     `mode` picks the low-frequency realisation: `resize` down-samples on the CPU side after
     crop/flip/RandAugment at full size (also cuts decode-to-worker transfer); `fft` keeps

@@ -1,6 +1,6 @@
 """EfficientTrain++ curriculum: per-stage resolution, augmentation, replay, batch size and LR.
 
-Pure numbers only (METHODS.md section 1). Training is split into stages of equal *compute*; a
+Pure numbers only. Training is split into stages of equal *compute*; a
 stage at resolution B therefore runs ``(full / B)^2`` times as many data epochs as the same
 compute would at full resolution. Compute is measured in pixels per image, as in the paper, so
 a budget of 200 "equivalent full-resolution epochs" costs 200/300 of a 300-epoch baseline

@@ -1,6 +1,6 @@
 """EfficientTrain++ low-frequency cropping: show a model only the "easy" part of each image.
 
-Two realisations of the same idea (METHODS.md section 1):
+Two realisations of the same idea:
 
 - ``lowpass_crop``: the exact FFT crop of the original EfficientTrain. It keeps the centred
   ``size_h x size_w`` block of the (conceptually fftshifted) spectrum and returns it as a small

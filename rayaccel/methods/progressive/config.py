@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class ProgressiveCurriculum(Strict):
-    """EfficientNetV2 progressive learning with adaptive regularisation (METHODS.md section 3).
+    """EfficientNetV2 progressive learning with adaptive regularisation.
 
     `num_stages` stages of equal epochs (`train.epochs` in total); stage i trains at
     `S_i = S_0 + (S_e - S_0) * i / (M - 1)` px (a real resize in Ray Data) with every

@@ -1,6 +1,6 @@
 """EfficientNetV2 progressive learning with adaptive regularisation.
 
-METHODS.md section 3: split training into M stages (4 in the release); stage i trains at image
+Split training into M stages (4 in the release); stage i trains at image
 size ``S_i = S_0 + (S_e - S_0) * i / (M - 1)`` with every regularisation strength moved
 linearly from its start to its end value the same way. Small images need weak regularisation
 and large images strong; growing the size without growing the regularisation loses accuracy.
@@ -77,7 +77,7 @@ def progressive_stages(
 ) -> list[ProgressiveStage]:
     """The per-stage sizes and regularisation strengths of progressive learning.
 
-    Every value follows ``v_i = v_0 + (v_e - v_0) * i / (M - 1)`` (METHODS.md section 3); with
+    Every value follows ``v_i = v_0 + (v_e - v_0) * i / (M - 1)``; with
     one stage the end values are used. Sizes: the first and last stage use ``size_start_px``
     and ``size_end_px`` exactly (evaluation runs at the final size, so it must be the one asked
     for); sizes in between are rounded to the nearest multiple of ``size_multiple_px``. The
@@ -187,9 +187,9 @@ def _preset(
 
 
 # Keyword arguments of `progressive_stages` (all but `total_epochs`) for the ImageNet release.
-# From METHODS.md section 3: 4 stages; sizes 128 -> 300 (S) and 128 -> 384 (M, L; the section
-# gives "300/384" for three models, and M and L share the larger training size); RandAugment
-# 5 -> 10 / 15 / 20; mixup 0 -> 0 / 0.2 / 0.5. Our choices, not in METHODS.md: dropout scheduled
+# From the EfficientNetV2 paper: 4 stages; sizes 128 -> 300 (S) and 128 -> 384 (M, L; the
+# paper gives "300/384" for three models, and M and L share the larger training size); RandAugment
+# 5 -> 10 / 15 / 20; mixup 0 -> 0 / 0.2 / 0.5. Our choices, not in the paper's table: dropout scheduled
 # 0.1 -> 0.3 / 0.4 / 0.5 (the section says the paper schedules dropout but the code fixes it;
 # these are the paper's ranges as we recall them, to check against its table), drop path fixed
 # at 0.2 (stochastic depth with survival 0.8 throughout), no cutmix.

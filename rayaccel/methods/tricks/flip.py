@@ -1,6 +1,6 @@
 """Alternating flip: each image is mirrored in exactly every other epoch.
 
-METHODS.md section 4, one of airbench's extra tricks: "alternating flip (epoch e > 0 flips
+One of airbench's extra tricks: "alternating flip (epoch e > 0 flips
 exactly the images not flipped in e - 1; ~10% fewer steps)". With independent random flips an
 image can be shown the same way several epochs in a row, so a short run sees fewer distinct
 views; alternating guarantees both mirror images of every sample within any two consecutive

@@ -1,6 +1,6 @@
 """Frozen BatchNorm scale with bias-only BN training and its own bias LR and weight decay.
 
-METHODS.md section 4, a step of the myrtle.ai ResNet-9 recipe: "frozen BN scale (bias-only,
+A step of the myrtle.ai ResNet-9 recipe: "frozen BN scale (bias-only,
 bias lr x64, wd /64)". A BN scale in front of a scale-invariant next layer only changes the
 effective learning rate of what follows, so fixing it removes a redundant degree of freedom
 (and its weight decay's interaction with the LR). The BN biases, which now carry all of BN's

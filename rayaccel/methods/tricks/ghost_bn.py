@@ -1,6 +1,6 @@
 """Ghost batch norm: normalise each small slice of the batch with its own statistics.
 
-METHODS.md section 4: "ghost BN (32-sample splits)" is a step of the myrtle.ai ResNet-9
+"ghost BN (32-sample splits)" is a step of the myrtle.ai ResNet-9
 recipe. Statistics of 32 samples are noisier than those of the whole 512-sample batch; that
 noise regularises like a small batch would, while the optimizer still takes large-batch steps.
 It also makes the normalisation independent of the per-worker batch size, so a recipe behaves

@@ -1,6 +1,6 @@
 """Batched data augmentation as tensor ops on the device that holds the data.
 
-METHODS.md section 4: moving "data and augmentation on the GPU (random crop from 4-px padding,
+Moving "data and augmentation on the GPU (random crop from 4-px padding,
 flip, cutout; one random choice per group of shuffled samples)" is the first and largest step
 of the myrtle.ai ResNet-9 recipe: for a CIFAR-size dataset that fits in device memory, a few
 whole-batch tensor ops replace a per-image CPU pipeline. Every function takes ``(N, C, H, W)``

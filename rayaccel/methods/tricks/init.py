@@ -1,6 +1,6 @@
 """Dirac (identity) initialisation of convolutions.
 
-METHODS.md section 4: dirac init is one of airbench's extra tricks on top of the myrtle.ai
+Dirac init is one of airbench's extra tricks on top of the myrtle.ai
 recipe. A conv whose first filters start as the identity passes its input through unchanged,
 so a freshly initialised deep stack begins close to a shallower network and gradients reach
 the early layers from the first step; the remaining filters keep their random initialisation

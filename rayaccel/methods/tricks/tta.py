@@ -1,6 +1,6 @@
 """Test-time augmentation (TTA): average the model's logits over flipped and shifted views.
 
-METHODS.md section 4: flip TTA is the last step of the myrtle.ai ResNet-9 recipe (94% on
+Flip TTA is the last step of the myrtle.ai ResNet-9 recipe (94% on
 CIFAR-10 in 10 epochs), and airbench adds multi-crop TTA. Training with random flips and
 crops teaches the model that these views are the same image; averaging its predictions over
 them at test time cancels part of the per-view error for a few extra forward passes.

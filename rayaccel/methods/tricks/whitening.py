@@ -1,6 +1,6 @@
 """3x3 patch PCA whitening as a fixed first convolution, computed from training images.
 
-METHODS.md section 4, a step of the myrtle.ai ResNet-9 recipe: "3x3 patch PCA whitening as a
+A step of the myrtle.ai ResNet-9 recipe: "3x3 patch PCA whitening as a
 fixed first conv". Neighbouring pixels and colour channels are strongly correlated, so the
 first layer's gradient is dominated by a few directions and its filters learn slowly. A conv
 whose filters are the principal components of the training set's ``k x k`` patches, each
