@@ -79,7 +79,7 @@ def train_spec(job, *, output_size_px: int | None):
 
 def ray_dataset(job, spec):
     from rayaccel.data.metadata import read_meta
-    from rayaccel.data.pipeline import build_dataset
+    from rayaccel.data.pipeline import build_dataset, start_epoch_clock
 
     return build_dataset(
         job.data.train,
@@ -88,6 +88,9 @@ def ray_dataset(job, spec):
         shuffle_seed=job.train.seed,
         preprocess_cpus=1,
         decode_batch_rows=job.data.decode_batch_rows,
+        window_rows=job.data.shuffle_window_rows,
+        shuffle=job.data.shuffle,
+        clock=start_epoch_clock(),
     )
 
 

@@ -38,11 +38,41 @@ from rayaccel.optim.registry import OPTIMIZER_NAMES
 
 
 # ---------------------------------------------------------------- data
+class RandomResizedCropConfig(Strict):
+    """RandomResizedCrop, the crop of every ImageNet recipe (torchvision's, timm's defaults)."""
+
+    # Bounds of the crop's area as a fraction of the photo's.
+    scale: tuple[float, float] = (0.08, 1.0)
+    # Bounds of the crop's width / height (drawn log-uniformly).
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    # stage: resample each crop straight to the curriculum stage's px (the cheap path: small
+    # JPEG decodes, RandAugment on small images); image: to data.image_size_px, augment, then
+    # down-sample to the stage's px (the EfficientTrain++ release's order). Without a
+    # `curriculum: {mode: resize}` both are data.image_size_px.
+    resize_to: Literal["stage", "image"] = "stage"
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_bounds(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"needs 0 < low <= high <= 1 (area fractions), got {list(scale)}")
+        return scale
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_bounds(cls, ratio: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"needs 0 < low <= high (width / height), got {list(ratio)}")
+        return ratio
+
+
 class AugmentConfig(Strict):
     """CPU-side augmentation applied by Ray Data before batches reach the workers."""
 
     random_crop_padding_px: int = Field(0, ge=0, le=64)
     horizontal_flip: bool = False
+    # null: off. Replaces the padded random crop (set random_crop_padding_px 0).
+    random_resized_crop: RandomResizedCropConfig | None = None
     # Zeroes one square of this side per image, on the worker (0: off; 8 px for CIFAR).
     cutout_px: int = Field(0, ge=0, le=1024)
     # Worker-side augmentation (data.mode: device crops and flips, cutout) shares one random
@@ -65,6 +95,22 @@ class ParquetData(Strict):
     on_bad_row: Literal["fail", "skip"] = "fail"
     augment: AugmentConfig = AugmentConfig()
     decode_batch_rows: int = Field(256, ge=1)
+    # windows: each epoch reads windows of shuffle_window_rows consecutive rows in a seeded
+    # random order, each window's rows permuted (prepared shards store rows in random order);
+    # a resumed run reads exactly the order an uninterrupted one would. full: Ray Data's
+    # all-to-all shuffle of the whole split every epoch (costlier, not resume-exact).
+    shuffle: Literal["windows", "full"] = "windows"
+    shuffle_window_rows: int = Field(1024, ge=1)
+    # Evaluation crop: resize the shorter side to size / eval_crop_pct, take the centre
+    # square. None: the timm model's pretrained crop_pct with a RandomResizedCrop (0.875 when
+    # it has none), else 1.0 (the whole shorter side).
+    eval_crop_pct: float | None = Field(None, gt=0, le=1)
+    # Decode JPEGs at a reduced DCT scale when their crop is shrunk anyway (same result up to
+    # the resampling; several times fewer pixels decoded for low-resolution stages).
+    reduced_decode: bool = True
+    # Keep each decoded validation split in the object store after its first use, when the
+    # run's validation copies fit in a quarter of it.
+    cache_val: bool = True
     # classification (one label per image) or segmentation (a class per pixel, `mask`
     # column); None means: take it from the train split's metadata.json.
     task: Literal["classification", "segmentation"] | None = None
@@ -496,13 +542,31 @@ def size_problems(job: JobConfig) -> list[str]:
     """Data settings that need `data.image_size_px` (checked again once it is read from the
     dataset's metadata)."""
     size_px = job.data.image_size_px
-    padding_px = job.data.augment.random_crop_padding_px
+    augment = job.data.augment
+    padding_px = augment.random_crop_padding_px
+    problems = []
     if size_px is not None and job.data.mode == "device" and padding_px >= size_px:
-        return [
+        problems.append(
             f"data.augment.random_crop_padding_px: must be < data.image_size_px={size_px} "
             f"with data.mode: device, got {padding_px}"
-        ]
-    return []
+        )
+    if augment.random_resized_crop is not None:
+        if padding_px:
+            problems.append(
+                "data.augment.random_resized_crop: replaces the padded random crop; set "
+                f"data.augment.random_crop_padding_px: 0 (got {padding_px})"
+            )
+        if job.data.mode == "device":
+            problems.append(
+                "data.augment.random_resized_crop: needs data.mode: ray (device mode keeps "
+                "fixed-size images on the worker and crops them there)"
+            )
+        if job.data.task == "segmentation":
+            problems.append(
+                "data.augment.random_resized_crop: is for classification; a segmentation "
+                "set's masks are not cropped with it"
+            )
+    return problems
 
 
 def _section_field(specs: list[MethodSpec]) -> tuple[Any, Any]:

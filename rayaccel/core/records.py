@@ -39,8 +39,9 @@ class EpochRecord:
         train_images: Images trained this epoch, replayed ones included; `fresh_images` read
             from the dataset; `bad_rows_skipped` corrupt rows dropped.
         epoch_time_s: Wall time of the training pass; `images_per_s` its throughput;
-            `data_wait_s` rank 0's time blocked on the next batch; `worker_cpu_s` rank 0's
-            process CPU time.
+            `data_wait_s` rank 0's time blocked on the next batch, `first_batch_wait_s` the
+            part of it before the epoch's first batch (the epoch boundary's fixed cost);
+            `worker_cpu_s` rank 0's process CPU time.
         images_seen, fresh_images_seen: Cumulative over the run, restored on resume.
         world_size: Training workers in this epoch (changes in an elastic run).
         checkpointed: Whether a checkpoint was kept after this epoch.
@@ -72,6 +73,7 @@ class EpochRecord:
     epoch_time_s: float = 0.0
     images_per_s: float = 0.0
     data_wait_s: float | None = None
+    first_batch_wait_s: float | None = None
     worker_cpu_s: float | None = None
     images_seen: int = 0
     fresh_images_seen: int = 0

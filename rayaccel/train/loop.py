@@ -20,17 +20,18 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray.train
 import ray.train.torch
 import torch
 
-from rayaccel.core.distributed import all_reduce_sum
+from rayaccel.core.distributed import all_reduce_sum, barrier
 from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.seeds import worker_seed
 from rayaccel.data.device import DeviceDataset, load_device_dataset, load_rows
 from rayaccel.data.metadata import read_meta
-from rayaccel.data.pipeline import DecodeSpec
+from rayaccel.data.pipeline import EPOCH_CLOCK_KEY, DecodeSpec
 from rayaccel.methods.base import MethodHooks, StepBatch, WorkerContext
 from rayaccel.methods.etpp.frequency import downsample
 from rayaccel.methods.ordering import build_hooks
@@ -202,6 +203,9 @@ class Trainer:
     state: TrainState
     shards: dict = field(default_factory=dict)
     stage_index: int | None = None
+    # The run's epoch clock actor (Ray Data mode): the training pipelines' order and
+    # augmentation follow the epoch it holds.
+    epoch_clock: Any = None
 
     @classmethod
     def setup(cls, spec: WorkerSpec, resources: dict) -> Trainer:
@@ -280,6 +284,7 @@ class Trainer:
             std=torch.tensor(spec.data.std, device=device).view(1, -1, 1, 1) * 255,
             device_data=device_data,
             state=TrainState(),
+            epoch_clock=resources.get(EPOCH_CLOCK_KEY),
         )
 
     def shard(self, name: str):
@@ -348,6 +353,11 @@ class Trainer:
             self.stage_index = stage.index
             fit_to_resolution(unwrap(self.model), stage.resolution_px)
             self.hooks.on_stage_start(stage)
+        if self.epoch_clock is not None:
+            if self.rank == 0:
+                ray.get(self.epoch_clock.set.remote(epoch))
+            # Nobody may start reading the epoch before the clock shows it.
+            barrier()
         self.hooks.on_epoch_start(epoch)
         trained, audit = self.train_epoch(epoch, stage, progress)
         val_metrics = {}
@@ -393,8 +403,12 @@ class Trainer:
         epoch_rows = self.hooks.epoch_samples(self.plan.train_samples) // self.world_size
         steps = min(stage.steps_per_epoch, epoch_rows // stage.fresh_per_worker_batch)
         waiting_since_s = time.perf_counter()
+        # The epoch boundary's fixed cost: starting the pipeline until the first batch.
+        first_batch_wait_s = None
         for step, batch in enumerate(batches):
             data_wait_s += time.perf_counter() - waiting_since_s
+            if first_batch_wait_s is None:
+                first_batch_wait_s = data_wait_s
             if step >= steps:
                 break
             set_lr(self.optimizer, self.plan.lr_at(epoch, step, steps))
@@ -425,6 +439,7 @@ class Trainer:
             "epoch_time_s": epoch_time_s,
             "images_per_s": count / epoch_time_s,
             "data_wait_s": data_wait_s,
+            "first_batch_wait_s": first_batch_wait_s,
             "worker_cpu_s": worker_cpu_s,
         }, audit
 

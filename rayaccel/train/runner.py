@@ -28,11 +28,19 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from rayaccel.config import JobConfig, dump_job
+from rayaccel.config.job import TimmModel
 from rayaccel.core.compute import pixel_compute
 from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.storage import RunFolder
 from rayaccel.data.metadata import read_meta
-from rayaccel.data.pipeline import BAD_ROW_MARK, DecodeSpec, build_dataset
+from rayaccel.data.pipeline import (
+    BAD_ROW_MARK,
+    EPOCH_CLOCK_KEY,
+    DecodeSpec,
+    build_dataset,
+    start_epoch_clock,
+)
+from rayaccel.data.transforms import DEFAULT_CROP_PCT, DEFAULT_RATIO
 from rayaccel.methods.base import DriverPart
 from rayaccel.methods.registry import driver_parts, method_summaries
 from rayaccel.plan import Plan, make_plan
@@ -161,11 +169,15 @@ def run_job(
     # progress line says what a user needs (set before the trainer copies the context).
     ray.data.DataContext.get_current().enable_progress_bars = False
     parts = driver_parts(job, plan)
+    resources = {k: v for part in parts for k, v in part.resources.items()}
     # Device mode: every worker decodes its part of the splits itself, once.
-    datasets = {} if job.data.mode == "device" else _datasets(job, plan, spec, parts)
+    datasets = {}
+    if job.data.mode != "device":
+        resources[EPOCH_CLOCK_KEY] = start_epoch_clock()
+        datasets = _datasets(job, plan, spec, parts, resources[EPOCH_CLOCK_KEY])
     scaling = job.scaling
     loop_config = spec.to_dict()
-    loop_config["resources"] = {k: v for part in parts for k, v in part.resources.items()}
+    loop_config["resources"] = resources
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -194,6 +206,8 @@ def run_job(
         for part in parts:
             if part.release is not None:
                 part.release()
+        if EPOCH_CLOCK_KEY in resources:
+            ray.kill(resources[EPOCH_CLOCK_KEY])
     free_placement_group((result.return_value or {}).get("placement_group_id"))
     summary = summarize(folder, plan, wall_time_s=time.time() - started_s)
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
@@ -231,28 +245,39 @@ def free_placement_group(placement_group_id: str | None) -> bool:
     return True
 
 
-def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPart]) -> dict:
+def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPart], clock) -> dict:
     """Ray Data pipelines by name: `train` (or `train_s<i>` per stage) and `val[_<B>px]`.
 
     A method's row filter (InfoBatch's) makes training pipelines drop the epoch's pruned rows
     right after reading (before the shuffle and the decode), each kept row carrying its loss
-    weight.
+    weight. `clock` is the run's epoch clock: every training pipeline orders and augments
+    its epoch from it.
     """
     data = job.data
     worker_flip = spec.data.worker_augment.flip if spec.data.worker_augment else "none"
-    decode = DecodeSpec(
+    rrc = data.augment.random_resized_crop
+    plain = DecodeSpec(
         image_size_px=data.image_size_px,
         channels=data.channels,
         num_classes=data.num_classes,
         on_bad_row=data.on_bad_row,
         task=data.task or "classification",
+        crop_pct=eval_crop_pct(job),
+        reduced_decode=data.reduced_decode,
+    )
+    decode = dataclasses.replace(
+        plain,
         random_crop_padding_px=data.augment.random_crop_padding_px,
         # Flips the worker does (alternating by sample index and epoch) are not done here.
         horizontal_flip=data.augment.horizontal_flip and worker_flip == "none",
+        rrc_scale=None if rrc is None else rrc.scale,
+        rrc_ratio=DEFAULT_RATIO if rrc is None else rrc.ratio,
     )
     common = {
         "preprocess_cpus": job.scaling.preprocess_cpus,
         "decode_batch_rows": data.decode_batch_rows,
+        "window_rows": data.shuffle_window_rows,
+        "clock": clock,
     }
     train_meta = read_meta(data.train)
     filters = [part for part in parts if part.row_filter is not None]
@@ -276,6 +301,11 @@ def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPa
                 # timm's transform fills with the mean pixel as timm's ImageNet recipe does.
                 randaug_fill=tuple(round(255 * m) for m in spec.data.mean),
                 output_size_px=stage.resolution_px if low_res else None,
+                rrc_output_px=(
+                    stage.resolution_px
+                    if low_res and rrc is not None and rrc.resize_to == "stage"
+                    else None
+                ),
             )
         datasets[stage.dataset] = build_dataset(
             data.train,
@@ -283,32 +313,52 @@ def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPa
             stage_spec,
             # Distinct seeds so stages do not repeat each other's epoch orders.
             shuffle_seed=job.train.seed + stage.index,
+            shuffle=data.shuffle,
             **common,
             **pruning,
         )
     if data.val is not None:
-        plain = DecodeSpec(
-            image_size_px=data.image_size_px,
-            channels=data.channels,
-            num_classes=data.num_classes,
-            on_bad_row=data.on_bad_row,
-            task=data.task or "classification",
-        )
         val_meta = read_meta(data.val)
-        for resolution_px in sorted({s.resolution_px for s in plan.stages}):
-            name = plan.val_dataset(resolution_px)
-            output_size_px = None if resolution_px == data.image_size_px else resolution_px
-            datasets[name] = build_dataset(
+        # One pipeline per resolution the plan evaluates at ("val" is the full size).
+        sizes_px = {plan.val_dataset(s.resolution_px): s.resolution_px for s in plan.stages}
+        sizes_px["val"] = data.image_size_px
+        cache = data.cache_val and _val_fits(val_meta.count, data.channels, sizes_px.values())
+        for name, size_px in sizes_px.items():
+            val = build_dataset(
                 data.val,
                 val_meta,
-                dataclasses.replace(plain, output_size_px=output_size_px),
+                dataclasses.replace(
+                    plain, output_size_px=None if size_px == data.image_size_px else size_px
+                ),
                 shuffle_seed=None,
                 **common,
             )
-        datasets.setdefault(
-            "val", build_dataset(data.val, val_meta, plain, shuffle_seed=None, **common)
-        )
+            # Decoded once: later evaluations read the object store instead of decoding.
+            datasets[name] = val.materialize() if cache else val
     return datasets
+
+
+def _val_fits(count: int, channels: int, resolutions) -> bool:
+    """Whether every decoded validation copy fits in a quarter of the object store."""
+    needed_bytes = sum(count * channels * px * px for px in resolutions)
+    return needed_bytes <= 0.25 * ray.cluster_resources().get("object_store_memory", 0)
+
+
+def eval_crop_pct(job: JobConfig) -> float:
+    """data.eval_crop_pct, else the timm model's pretrained crop_pct with RandomResizedCrop
+    (what its published accuracy was measured with; 0.875 when it names none), else 1.0."""
+    data = job.data
+    if data.eval_crop_pct is not None:
+        return data.eval_crop_pct
+    if data.augment.random_resized_crop is None:
+        return 1.0
+    if isinstance(job.model, TimmModel):
+        from timm.models import get_pretrained_cfg
+
+        pretrained = get_pretrained_cfg(job.model.name)
+        if pretrained is not None and pretrained.crop_pct:
+            return float(pretrained.crop_pct)
+    return DEFAULT_CROP_PCT
 
 
 def summarize(folder: RunFolder, plan: Plan, *, wall_time_s: float) -> dict:

@@ -133,7 +133,14 @@ def _epochs(trainer: Trainer, epochs: range) -> list[dict]:
 
 
 def _comparable(metrics: list[dict]) -> list[dict]:
-    timing = ("epoch_time_s", "images_per_s", "data_wait_s", "worker_cpu_s", "bookkeeping_s")
+    timing = (
+        "epoch_time_s",
+        "images_per_s",
+        "data_wait_s",
+        "first_batch_wait_s",
+        "worker_cpu_s",
+        "bookkeeping_s",
+    )
     return [{k: v for k, v in m.items() if not k.endswith(timing)} for m in metrics]
 
 

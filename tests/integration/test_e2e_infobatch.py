@@ -22,7 +22,7 @@ from helpers import FIXTURE_TRAIN, checkpoints, read_job, read_metrics, read_sum
 from rayaccel.cli import main
 from rayaccel.config import load_job
 from rayaccel.data.metadata import read_meta
-from rayaccel.data.pipeline import DecodeSpec, build_dataset
+from rayaccel.data.pipeline import DecodeSpec, build_dataset, start_epoch_clock
 from rayaccel.methods.infobatch.hook import ScoreBoard, keep_rows
 from rayaccel.train.runner import run_job
 
@@ -51,6 +51,7 @@ def test_two_consumers_get_disjoint_halves_of_the_keep_set(ray_session):
             decode_batch_rows=256,
             row_filter=keep_rows,
             row_filter_kwargs={"board": board},
+            clock=start_epoch_clock(),
         )
         # As training splits it: equal parts, so at most one leftover row is dropped.
         splits = dataset.streaming_split(2, equal=True)
