@@ -151,7 +151,7 @@ def _validate(args) -> int:
 def _plan(args) -> int:
     from rayaccel.methods.registry import methods_line
     from rayaccel.plan import PlanError, format_plan
-    from rayaccel.train.runner import build_run
+    from rayaccel.train.runner import build_run, data_line
 
     resolved = _load(args, plan_only=True)
     job = resolved.job
@@ -161,6 +161,8 @@ def _plan(args) -> int:
         raise ConfigError([f"{args.job}: {err}"]) from None
     print(format_plan(plan))
     print(methods_line(job))
+    if job.data.mode == "ray":
+        print(data_line(job))
     if resolved.assumed:
         print(resolved.assumed)
     if args.show_job:

@@ -73,6 +73,23 @@ class AugmentConfig(Strict):
     horizontal_flip: bool = False
     # null: off. Replaces the padded random crop (set random_crop_padding_px 0).
     random_resized_crop: RandomResizedCropConfig | None = None
+    # A timm augmentation string as timm's --aa flag takes it (rand-m9-mstd0.5-inc1,
+    # augmix-m5-w4-d2, original, v0) or trivialaugment (torchvision's TrivialAugmentWide);
+    # applied after the crop and flip. A curriculum's RandAugment ramp replaces it.
+    auto_augment: str | None = None
+
+    @field_validator("auto_augment")
+    @classmethod
+    def _known_policy(cls, policy: str | None) -> str | None:
+        from rayaccel.data.randaugment import policy_problem
+
+        if policy is not None and (problem := policy_problem(policy, None)) is not None:
+            raise ValueError(
+                f"{policy!r} is not an augmentation timm or torchvision reads ({problem}); "
+                "e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original, trivialaugment"
+            )
+        return policy
+
     # Zeroes one square of this side per image, on the worker (0: off; 8 px for CIFAR).
     cutout_px: int = Field(0, ge=0, le=1024)
     # Worker-side augmentation (data.mode: device crops and flips, cutout) shares one random
@@ -550,6 +567,16 @@ def size_problems(job: JobConfig) -> list[str]:
             f"data.augment.random_crop_padding_px: must be < data.image_size_px={size_px} "
             f"with data.mode: device, got {padding_px}"
         )
+    curriculum = getattr(job, "curriculum", None)
+    if augment.auto_augment is not None and curriculum is not None and curriculum.randaugment:
+        problems.append(
+            "data.augment.auto_augment: the curriculum ramps its own RandAugment; remove "
+            "auto_augment or set curriculum.randaugment: false"
+        )
+    if augment.auto_augment is not None and job.data.mode == "device":
+        problems.append(
+            "data.augment.auto_augment: needs data.mode: ray (it runs on Ray Data's CPUs)"
+        )
     if augment.random_resized_crop is not None:
         if padding_px:
             problems.append(
@@ -566,6 +593,11 @@ def size_problems(job: JobConfig) -> list[str]:
                 "data.augment.random_resized_crop: is for classification; a segmentation "
                 "set's masks are not cropped with it"
             )
+    if augment.auto_augment is not None and job.data.task == "segmentation":
+        problems.append(
+            "data.augment.auto_augment: is for classification; its geometric ops would move "
+            "images away from their masks"
+        )
     return problems
 
 

@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 from rayaccel.core.storage import resolve_path
 from rayaccel.data.codec import decode_image
 from rayaccel.data.metadata import TASKS, ShardSetMeta
-from rayaccel.data.randaugment import IMPLS, changes_images, rand_augment
+from rayaccel.data.randaugment import IMPLS, apply_policy, changes_images, rand_augment
 from rayaccel.data.transforms import (
     DEFAULT_RATIO,
     crop_and_resize,
@@ -74,6 +74,9 @@ class DecodeSpec:
     # The side RandomResizedCrop resamples its crop to; None means image_size_px (a stage's
     # px crops straight to the stage's resolution, the cheap path).
     rrc_output_px: int | None = None
+    # A fixed augmentation policy, a timm string (`rand-m9-mstd0.5-inc1`) or
+    # "trivialaugment" (`rayaccel.data.randaugment.policy_transform`); None: none.
+    augment_policy: str | None = None
     # Evaluation crop: the shorter side resized to image_size_px / crop_pct, then the centre
     # square; 1.0 keeps the whole shorter side (never squashes a photo's aspect ratio).
     crop_pct: float = 1.0
@@ -90,8 +93,10 @@ class DecodeSpec:
             raise ValueError(
                 f"DecodeSpec.randaug_impl must be one of {IMPLS} or None, got {self.randaug_impl!r}"
             )
-        if self.task == "segmentation" and self.rrc_scale is not None:
-            raise ValueError("DecodeSpec.rrc_scale: RandomResizedCrop is for classification")
+        if self.task == "segmentation" and (self.rrc_scale or self.augment_policy):
+            raise ValueError(
+                "DecodeSpec: RandomResizedCrop and augmentation policies are for classification"
+            )
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"DecodeSpec.crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.randaug_impl is None and self.randaug_magnitude:
@@ -193,6 +198,8 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
             impl=spec.randaug_impl,
             fill=spec.randaug_fill,
         )
+    if spec.augment_policy is not None:
+        images = apply_policy(images, spec.augment_policy, rng, fill=spec.randaug_fill)
     if spec.output_size_px is not None and spec.output_size_px != size:
         images = resize_antialias(images, spec.output_size_px)
         if masks is not None:

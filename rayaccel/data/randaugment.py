@@ -206,3 +206,80 @@ def _torchvision_rand_augment(
             group = batch_nchw[start : start + group_size]
             group.copy_(_torchvision_op(magnitude_bin)(group))
     return out
+
+
+# ------------------------------------------------------------------ fixed policies
+TRIVIAL_AUGMENT = "trivialaugment"
+
+
+def policy_problem(policy: str, channels: int | None) -> str | None:
+    """Why `policy` cannot be built (timm's parser's own words), or None when it can."""
+    try:
+        policy_transform(policy, channels or 3, None)
+    except Exception as err:  # timm's parser raises assorted errors on a bad string
+        return f"{err}"
+    return None
+
+
+def policy_transform(policy: str, channels: int, fill: tuple[int, ...] | None):
+    """A PIL-image transform for a timm augmentation string, or torchvision's
+    TrivialAugmentWide for "trivialaugment".
+
+    timm's strings are those of its `--aa` flag: `rand-m9-mstd0.5-inc1` (RandAugment),
+    `augmix-m5-w4-d2` (AugMix), `original`/`v0` and their `r` variants (AutoAugment), read by
+    the same functions `timm.data.create_transform` dispatches to.
+    """
+    return _policy_transform(policy, channels, None if fill is None else tuple(fill))
+
+
+@functools.cache
+def _policy_transform(policy: str, channels: int, fill: tuple[int, ...] | None):
+    from PIL import Image
+
+    if policy == TRIVIAL_AUGMENT:
+        from torchvision.transforms import TrivialAugmentWide
+
+        return TrivialAugmentWide(fill=list(fill) if fill else None)
+    from timm.data.auto_augment import (
+        augment_and_mix_transform,
+        auto_augment_transform,
+        rand_augment_transform,
+    )
+
+    if channels not in (1, 3):
+        raise ValueError(f"timm's augmentations work on grey or RGB images, got {channels}")
+    fill = fill or (128,) * channels
+    hparams = {
+        "img_mean": fill[0] if channels == 1 else fill,
+        "interpolation": Image.Resampling.BICUBIC,
+    }
+    if policy.startswith("rand"):
+        return rand_augment_transform(policy, hparams)
+    if policy.startswith("augmix"):
+        return augment_and_mix_transform(policy, hparams)
+    return auto_augment_transform(policy, hparams)
+
+
+def apply_policy(
+    images_nhwc: np.ndarray,
+    policy: str,
+    rng: np.random.Generator,
+    fill: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """`policy` on every image of a uint8 batch, each image on its own, seeded by `rng`
+    (timm's ops draw from Python's and NumPy's global generators, torchvision's from torch's:
+    all are seeded for the batch and put back afterwards)."""
+    import torch
+    from PIL import Image
+
+    channels = images_nhwc.shape[3]
+    transform = policy_transform(policy, channels, fill)
+    out = np.array(images_nhwc)  # writable copy; Ray Data batches may be read-only
+    seed = int(rng.integers(2**32))
+    with seeded_global_rngs(seed), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i in range(len(out)):
+            pixels = out[i, :, :, 0] if channels == 1 else out[i]
+            augmented = transform(Image.fromarray(pixels, "L" if channels == 1 else "RGB"))
+            out[i] = np.asarray(augmented).reshape(out.shape[1:])
+    return out

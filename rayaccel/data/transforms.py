@@ -192,9 +192,21 @@ def crop_and_resize(
         if image.mode != mode:
             image = image.convert(mode)
         # Crop, then resize: the filter sees only the crop's pixels, as torchvision's
-        # `resized_crop` (a box given to `resize` would let it read past the crop's edges).
-        cropped = image.crop(box.rounded())
-        pixels = np.asarray(cropped.resize(output_px, Image.Resampling.BILINEAR))
+        # `resized_crop`. A reduced decode's box has fractional edges: it is resampled
+        # exactly from a crop one pixel wider on each side (Pillow's `box`).
+        edges = (box.left, box.top, box.left + box.width, box.top + box.height)
+        if all(float(edge).is_integer() for edge in edges):
+            region, inner = image.crop(box.rounded()), None
+        else:
+            outer = (
+                max(0, math.floor(edges[0]) - 1),
+                max(0, math.floor(edges[1]) - 1),
+                min(image.size[0], math.ceil(edges[2]) + 1),
+                min(image.size[1], math.ceil(edges[3]) + 1),
+            )
+            region = image.crop(outer)
+            inner = tuple(edge - outer[i % 2] for i, edge in enumerate(edges))
+        pixels = np.asarray(region.resize(output_px, Image.Resampling.BILINEAR, box=inner))
     except OSError as error:
         raise ValueError(f"not a decodable image ({error})") from error
     return pixels.reshape(output_px[1], output_px[0], channels)

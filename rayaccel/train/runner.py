@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 
@@ -272,6 +273,9 @@ def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPa
         horizontal_flip=data.augment.horizontal_flip and worker_flip == "none",
         rrc_scale=None if rrc is None else rrc.scale,
         rrc_ratio=DEFAULT_RATIO if rrc is None else rrc.ratio,
+        augment_policy=data.augment.auto_augment,
+        # timm's geometric ops fill with the mean pixel, as timm's ImageNet recipe does.
+        randaug_fill=tuple(round(255 * m) for m in spec.data.mean),
     )
     common = {
         "preprocess_cpus": job.scaling.preprocess_cpus,
@@ -298,8 +302,6 @@ def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPa
                 decode,
                 randaug_impl=stage.randaug_impl,
                 randaug_magnitude=stage.randaug_magnitude,
-                # timm's transform fills with the mean pixel as timm's ImageNet recipe does.
-                randaug_fill=tuple(round(255 * m) for m in spec.data.mean),
                 output_size_px=stage.resolution_px if low_res else None,
                 rrc_output_px=(
                     stage.resolution_px
@@ -342,6 +344,43 @@ def _val_fits(count: int, channels: int, resolutions) -> bool:
     """Whether every decoded validation copy fits in a quarter of the object store."""
     needed_bytes = sum(count * channels * px * px for px in resolutions)
     return needed_bytes <= 0.25 * ray.cluster_resources().get("object_store_memory", 0)
+
+
+def data_line(job: JobConfig) -> str:
+    """The augmentation, epoch order and evaluation crop, as `rayaccel plan` prints them."""
+    data = job.data
+    augment = data.augment
+    parts = []
+    rrc = augment.random_resized_crop
+    if rrc is not None:
+        to = "each stage's px" if rrc.resize_to == "stage" else f"{data.image_size_px}px"
+        parts.append(
+            f"RandomResizedCrop scale {list(rrc.scale)} ratio "
+            f"[{rrc.ratio[0]:.3g}, {rrc.ratio[1]:.3g}] to {to}"
+        )
+    if augment.random_crop_padding_px:
+        parts.append(f"{augment.random_crop_padding_px}px-padded random crop")
+    if augment.horizontal_flip:
+        parts.append("flip")
+    if augment.auto_augment:
+        parts.append(augment.auto_augment)
+    order = (
+        f"windows of {data.shuffle_window_rows} rows"
+        if data.shuffle == "windows"
+        else "full shuffle"
+    )
+    crop_pct = eval_crop_pct(job)
+    size_px = data.image_size_px
+    evaluation = (
+        f"shorter side to {math.floor(size_px / crop_pct)}px, centre {size_px}px "
+        f"(crop_pct {crop_pct:g})"
+        if size_px
+        else f"crop_pct {crop_pct:g}"
+    )
+    return (
+        f"data: {', '.join(parts) or 'no augmentation'}; epoch order: {order}; "
+        f"evaluation: {evaluation}"
+    )
 
 
 def eval_crop_pct(job: JobConfig) -> float:
