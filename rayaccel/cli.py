@@ -160,9 +160,9 @@ def _plan(args) -> int:
     except PlanError as err:
         raise ConfigError([f"{args.job}: {err}"]) from None
     print(format_plan(plan))
-    print(methods_line(job))
     if job.data.mode == "ray":
         print(data_line(job))
+    print(methods_line(job))
     if resolved.assumed:
         print(resolved.assumed)
     if args.show_job:

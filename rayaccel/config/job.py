@@ -31,7 +31,8 @@ from rayaccel.config.errors import ConfigError, format_errors
 from rayaccel.config.io import apply_overrides, load_curriculum_file, merge_curriculum, read_yaml
 from rayaccel.core.schema import Strict, cross_field_error, number, variant_key_error
 from rayaccel.data.cards import CARD_NAMES, CARDS, DatasetFacts
-from rayaccel.data.metadata import ShardSetMeta, read_meta
+from rayaccel.data.folder import read_split_meta
+from rayaccel.data.metadata import ShardSetMeta
 from rayaccel.methods.registry import METHODS, MethodSpec, method_problems
 from rayaccel.optim.lr_scaling import linear_warmup_epochs_for, rule_exponent, scale_lr
 from rayaccel.optim.registry import OPTIMIZER_NAMES
@@ -98,9 +99,12 @@ class AugmentConfig(Strict):
 
 
 class ParquetData(Strict):
-    """Parquet shards written by `rayaccel data prepare` (local path or pyarrow URI)."""
+    """The training data: parquet shards written by `rayaccel data prepare` (local path or
+    pyarrow URI), or a class-per-folder image tree read at run time (`rayaccel.data.folder`)."""
 
-    source: Literal["parquet"] = "parquet"
+    # parquet: prepared shards; imagefolder: train/val are class-per-folder trees on a disk
+    # every node sees, read file by file (needs data.mean/std or data.card).
+    source: Literal["parquet", "imagefolder"] = "parquet"
     train: str
     val: str | None = None
     # None means: take it from the train split's metadata.json.
@@ -159,6 +163,37 @@ class ParquetData(Strict):
                 ]
             )
         return self
+
+    @model_validator(mode="after")
+    def _folder_settings(self) -> ParquetData:
+        if self.source != "imagefolder":
+            return self
+        problems = []
+        if self.mode == "device":
+            problems.append("data.mode: device needs prepared shards (data.source: parquet)")
+        if self.shuffle == "full":
+            problems.append("data.shuffle: full needs prepared shards (data.source: parquet)")
+        if (self.mean is None or self.std is None) and self.card is None:
+            problems.append(
+                "data.mean: an image folder has no measured statistics; set data.mean and "
+                "data.std (ImageNet's: [0.485, 0.456, 0.406] / [0.229, 0.224, 0.225]) or a "
+                "data.card"
+            )
+        if problems:
+            raise cross_field_error(problems)
+        return self
+
+    def split_statistics(self) -> dict:
+        """The statistics an image folder's metadata is made with (the job's, else the
+        card's); empty for shards, whose metadata.json has measured ones."""
+        if self.source != "imagefolder":
+            return {}
+        card = CARDS[self.card] if self.card else None
+        return {
+            "mean": self.mean or (card.mean if card else None),
+            "std": self.std or (card.std if card else None),
+            "channels": self.channels or (card.channels if card else 3),
+        }
 
     @property
     def stated_facts(self) -> tuple[str, DatasetFacts] | None:
@@ -759,7 +794,12 @@ def resolve_data_facts(
         if location is None:
             continue
         try:
-            metas[split] = read_meta(location)
+            metas[split] = read_split_meta(
+                location,
+                source=job.data.source,
+                classes=metas["train"].classes if split == "val" and "train" in metas else None,
+                **job.data.split_statistics(),
+            )
         except FileNotFoundError as err:
             if plan_only and stated is not None:
                 absent[split] = location
@@ -769,6 +809,8 @@ def resolve_data_facts(
             problems.append(
                 f"data.{split}: {location} is not a prepared dataset folder ({err}); "
                 "make one with `rayaccel data prepare`"
+                if job.data.source == "parquet"
+                else f"data.{split}: {location} is not a class-per-folder image tree ({err})"
             )
     if problems:
         raise ConfigError([f"{source}: {p}" for p in problems])

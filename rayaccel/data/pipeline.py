@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 
 from rayaccel.core.storage import resolve_path
 from rayaccel.data.codec import decode_image
+from rayaccel.data.folder import read_files
 from rayaccel.data.metadata import TASKS, ShardSetMeta
 from rayaccel.data.randaugment import IMPLS, apply_policy, changes_images, rand_augment
 from rayaccel.data.transforms import (
@@ -303,6 +304,8 @@ def _describe_row(batch, row: int, index: int, spec: DecodeSpec) -> str:
     path = str(batch["path"][row]) if "path" in batch else "?"
     shard = os.path.basename(path)
     first = dict(spec.shard_first_index).get(shard)
+    if first is None and "path" in batch and not path.endswith(".parquet"):
+        return f"{BAD_ROW_MARK}: file {path} (index {index}): "
     position = f"row {index - first}" if first is not None else "row ?"
     return f"{BAD_ROW_MARK}: shard {path} {position} (index {index}): "
 
@@ -328,6 +331,11 @@ class EpochOrder:
     seed: int
     window_rows: int
     shard_rows: tuple[int, ...]
+
+    @property
+    def first_rows(self) -> tuple[int, ...]:
+        """Each shard's first row in the split."""
+        return tuple(int(x) for x in np.cumsum((0, *self.shard_rows[:-1])))
 
     @property
     def slots(self) -> int:
@@ -419,8 +427,10 @@ def _window_task(
     decode_batch_rows: int,
     row_filter,
     row_filter_kwargs: dict,
+    listing=None,
 ):
-    """One window: read its rows, drop the filtered ones, permute, decode in batches."""
+    """One window: read its rows (from a shard, or `listing`'s files: an object ref of a
+    `FolderListing`), drop the filtered ones, permute, decode in batches."""
     import ray
 
     epoch = ray.get(clock.current.remote()) if shuffle else None
@@ -429,10 +439,14 @@ def _window_task(
     if slot >= len(windows):
         return
     shard, start, end = windows[slot]
-    fs, root = resolve_path(location)
-    path = f"{root.rstrip('/')}/{files[shard]}"
-    rows = read_window(fs, path, start, end, columns)
-    rows["path"] = np.full(end - start, path, dtype=object)
+    if listing is not None:
+        first = order.first_rows[shard]
+        rows = read_files(_get_listing(listing), first + start, first + end)
+    else:
+        fs, root = resolve_path(location)
+        path = f"{root.rstrip('/')}/{files[shard]}"
+        rows = read_window(fs, path, start, end, columns)
+        rows["path"] = np.full(end - start, path, dtype=object)
     if row_filter is not None:
         rows = row_filter(rows, **row_filter_kwargs)
     count = len(rows["index"])
@@ -442,6 +456,19 @@ def _window_task(
     for part, first in enumerate(range(0, count, decode_batch_rows)):
         piece = {name: column[first : first + decode_batch_rows] for name, column in rows.items()}
         yield decode_batch(piece, spec, order.row_rng(epoch, shard, start, part))
+
+
+_listings: dict = {}
+
+
+def _get_listing(ref):
+    """The folder listing behind `ref`, fetched once per process."""
+    import ray
+
+    key = ref.hex()
+    if key not in _listings:
+        _listings[key] = ray.get(ref)
+    return _listings[key]
 
 
 def _decode_task(batch: dict[str, np.ndarray], spec: DecodeSpec, clock, seed: int):
@@ -470,6 +497,7 @@ def build_dataset(
     clock=None,
     row_filter=None,
     row_filter_kwargs: dict | None = None,
+    listing=None,
 ):
     """The Ray Data pipeline for one split.
 
@@ -490,6 +518,8 @@ def build_dataset(
             decoding, so rows it drops cost no decode work (InfoBatch's `keep_rows`); it may
             add columns, which reach the workers.
         row_filter_kwargs: Keyword arguments of `row_filter`.
+        listing: For an image folder read at run time (`rayaccel.data.folder`): its
+            `FolderListing`; `meta` then is its `folder_meta`.
     """
     import ray.data
     from ray.data import RandomSeedConfig
@@ -503,6 +533,8 @@ def build_dataset(
     columns = ["image", "label", "index"]
     if spec.task == "segmentation":
         columns.insert(1, "mask")
+    if listing is not None and shuffle == "full":
+        raise ValueError("an image folder read at run time is ordered by windows only")
     if shuffle == "full" and shuffle_seed is not None:
         fs, paths = shard_paths(location, meta)
         ds = ray.data.read_parquet(
@@ -552,6 +584,7 @@ def build_dataset(
             "decode_batch_rows": decode_batch_rows,
             "row_filter": row_filter,
             "row_filter_kwargs": row_filter_kwargs or {},
+            "listing": None if listing is None else ray.put(listing),
         },
         batch_size=1,
         batch_format="numpy",

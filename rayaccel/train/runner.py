@@ -33,7 +33,7 @@ from rayaccel.config.job import TimmModel
 from rayaccel.core.compute import pixel_compute
 from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.storage import RunFolder
-from rayaccel.data.metadata import read_meta
+from rayaccel.data.folder import list_folder, read_split_meta
 from rayaccel.data.pipeline import (
     BAD_ROW_MARK,
     EPOCH_CLOCK_KEY,
@@ -133,7 +133,7 @@ def build_run(job: JobConfig, *, train_images: int | None = None) -> tuple[Plan,
             plan of absent data passes the count its stated facts give).
     """
     if train_images is None:
-        train_images = read_meta(job.data.train).count
+        train_images = _split_meta(job, "train").count
     plan = make_plan(job, train_samples=train_images)
     return plan, build_worker_spec(job, plan)
 
@@ -283,7 +283,11 @@ def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPa
         "window_rows": data.shuffle_window_rows,
         "clock": clock,
     }
-    train_meta = read_meta(data.train)
+    train_meta = _split_meta(job, "train")
+    # A run-time image folder: the workers' tasks read its files from this listing.
+    listings = {}
+    if data.source == "imagefolder":
+        listings = {"listing": list_folder(data.train)}
     filters = [part for part in parts if part.row_filter is not None]
     if len(filters) > 1:
         raise ValueError("only one method may filter the training rows")
@@ -318,9 +322,12 @@ def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPa
             shuffle=data.shuffle,
             **common,
             **pruning,
+            **listings,
         )
     if data.val is not None:
-        val_meta = read_meta(data.val)
+        val_meta = _split_meta(job, "val")
+        if data.source == "imagefolder":
+            listings = {"listing": list_folder(data.val, train_meta.classes)}
         # One pipeline per resolution the plan evaluates at ("val" is the full size).
         sizes_px = {plan.val_dataset(s.resolution_px): s.resolution_px for s in plan.stages}
         sizes_px["val"] = data.image_size_px
@@ -334,10 +341,24 @@ def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPa
                 ),
                 shuffle_seed=None,
                 **common,
+                **listings,
             )
             # Decoded once: later evaluations read the object store instead of decoding.
             datasets[name] = val.materialize() if cache else val
     return datasets
+
+
+def _split_meta(job: JobConfig, split: str):
+    """The metadata of a data split of either source (`rayaccel.data.folder`)."""
+    classes = None
+    if split == "val" and job.data.source == "imagefolder":
+        classes = _split_meta(job, "train").classes
+    return read_split_meta(
+        getattr(job.data, split),
+        source=job.data.source,
+        classes=classes,
+        **job.data.split_statistics(),
+    )
 
 
 def _val_fits(count: int, channels: int, resolutions) -> bool:

@@ -104,3 +104,43 @@ def test_search_files_use_the_same_formatter(tmp_path):
         f"{path}: trial.cpus: unknown key; allowed: num_workers, cpus_per_worker, "
         "gpus_per_worker, preprocess_cpus"
     ]
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        (
+            {"data__augment": {"auto_augment": "rand-q9"}},
+            "job: data.augment.auto_augment: 'rand-q9' is not an augmentation timm or "
+            "torchvision reads (Unknown RandAugment config section)",
+        ),
+        (
+            {"data__augment": {"random_resized_crop": {"scale": [0.5, 0.2]}}},
+            "job: data.augment.random_resized_crop.scale: needs 0 < low <= high <= 1",
+        ),
+        (
+            {"data__augment": {"random_resized_crop": {"ratio": [0, 1]}}},
+            "job: data.augment.random_resized_crop.ratio: needs 0 < low <= high",
+        ),
+        (
+            {"data__augment": {"random_resized_crop": {}, "random_crop_padding_px": 2}},
+            "job: data.augment.random_resized_crop: replaces the padded random crop",
+        ),
+        (
+            {"data__augment": {"random_resized_crop": {}}, "data__mode": "device"},
+            "job: data.augment.random_resized_crop: needs data.mode: ray",
+        ),
+        (
+            {
+                "data__augment": {"auto_augment": "rand-m9-mstd0.5-inc1"},
+                "curriculum": {"budget_epochs": 4},
+            },
+            "job: data.augment.auto_augment: the curriculum ramps its own RandAugment",
+        ),
+        ({"data__eval_crop_pct": 1.5}, "job: data.eval_crop_pct: "),
+        ({"data__shuffle": "global"}, "job: data.shuffle: "),
+    ],
+)
+def test_photo_pipeline_settings_are_checked_at_the_edge(sections, expected):
+    problems = _problems(**sections)
+    assert any(p.startswith(expected) for p in problems), problems
