@@ -33,6 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -155,18 +156,23 @@ def prepare_image_folder(
     return results
 
 
+@dataclass
 class _SplitPlan:
-    """One split's source, destination and the settings its plan is keyed by."""
+    """One split's source, destination, listing and the settings its plan is keyed by.
 
-    def __init__(self, *, split, source, out, directory, listing, listing_sha256, settings):
-        self.split = split
-        self.source = source
-        self.out = out
-        self.directory = directory
-        self.listing = listing
-        self.listing_sha256 = listing_sha256
-        self.settings = settings
-        self.stored: pa.Table | None = None
+    Attributes:
+        stored: the plan table (the check's outcome) once known: read back when resuming,
+            written by the check otherwise.
+    """
+
+    split: str
+    source: str
+    out: str
+    directory: str
+    listing: list[formats.ImageFile]
+    listing_sha256: str
+    settings: dict
+    stored: pa.Table | None = None
 
     @property
     def plan_id(self) -> str:
@@ -238,19 +244,21 @@ def _check_split(
     max_parallel_shards: int | None,
     progress: ProgressFn | None,
 ) -> pa.Table:
-    """Checks every file in row order; writes ``bad_files.txt`` and the plan, and returns it."""
+    """Checks every file in row order; writes the plan (readable files in row order, plus the
+    unreadable ones with their reasons in its header) and returns it."""
     files = [plan.listing[int(position)].file for position in order]
     chunk = rows_per_task
     starts = list(range(0, len(files), chunk))
     checked: list = [None] * len(starts)
     step = f"{plan.split} check"
-    done = [0]
+    done = 0
 
     def on_result(position: int, result: list) -> None:
+        nonlocal done
         checked[position] = result
-        done[0] += len(result)
+        done += len(result)
         if progress is not None:
-            progress(step, done[0], len(files))
+            progress(step, done, len(files))
 
     if progress is not None:
         progress(step, 0, len(files))
@@ -299,12 +307,6 @@ def _check_split(
         }
     ).replace_schema_metadata({_PLAN_KEY: json.dumps(header)})
     filesystem.create_dir(plan.directory, recursive=True)
-    if bad:
-        _write_atomically(
-            filesystem,
-            f"{plan.directory}/{BAD_FILES_FILE}",
-            "".join(f"{file}\t{reason}\n" for file, reason in bad).encode(),
-        )
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -349,6 +351,14 @@ def _write_split(
         for number, start in enumerate(range(0, len(files), rows_per_shard))
     ]
     _remove_unfinished_writes(filesystem, plan.directory)
+    if header["bad_files"]:
+        # Written from the plan on every run, so an interruption right after the check
+        # cannot lose the list.
+        _write_atomically(
+            filesystem,
+            f"{plan.directory}/{BAD_FILES_FILE}",
+            "".join(f"{file}\t{reason}\n" for file, reason in header["bad_files"]).encode(),
+        )
     records: list = [
         finished_shard(
             filesystem, f"{plan.directory}/{task.file_name}", header["plan_id"], len(task.files)
@@ -357,16 +367,17 @@ def _write_split(
     ]
     missing = [position for position, record in enumerate(records) if record is None]
     step = f"{plan.split} write"
-    done = [sum(record["count"] for record in records if record is not None)]
+    done = sum(record["count"] for record in records if record is not None)
 
     def on_result(position: int, record: dict) -> None:
+        nonlocal done
         records[missing[position]] = record
-        done[0] += record["count"]
+        done += record["count"]
         if progress is not None:
-            progress(step, done[0], len(files))
+            progress(step, done, len(files))
 
     if progress is not None:
-        progress(step, done[0], len(files))
+        progress(step, done, len(files))
     _run_tasks(
         write_shard,
         [(tasks[position],) for position in missing],
@@ -437,8 +448,17 @@ def _connect_ray() -> None:
     """
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    try:
         ray.init(log_to_driver=False, logging_level=logging.ERROR)
+    except ConnectionError as error:
+        where = os.environ.get("RAY_ADDRESS")
+        target = f"RAY_ADDRESS={where}" if where else "the Ray cluster running on this machine"
+        raise PrepareError(
+            f"cannot reach {target} ({error}); start it, or unset RAY_ADDRESS to prepare on a "
+            "local Ray"
+        ) from None
 
 
 def _run_tasks(

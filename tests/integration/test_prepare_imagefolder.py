@@ -167,6 +167,7 @@ def test_resume_rewrites_only_missing_shards_and_equals_a_clean_run(ray_session,
     # An interruption: shard 2 never written, a temporary file left, no metadata.json yet.
     (split / "part-00002.parquet").rename(split / "part-00002.parquet.1234.tmp")
     (split / "metadata.json").unlink()
+    (split / "bad_files.txt").unlink()
     (split / "part-00003.parquet").write_bytes(b"PAR1 cut short")
     resumed = prepare(src, out)["train"]
     after = {path.name: path.stat().st_mtime_ns for path in split.glob("part-*.parquet")}
@@ -175,6 +176,7 @@ def test_resume_rewrites_only_missing_shards_and_equals_a_clean_run(ray_session,
         "part-00003.parquet",
     ]
     assert not list(split.glob("*.tmp"))
+    assert (split / "bad_files.txt").read_text().startswith(f"{CORRUPT}\t")
     assert resumed == clean == read_meta(split)
     assert read_rows(split) == read_rows(tmp_path / "clean" / "train")
 
@@ -205,7 +207,7 @@ def test_changed_source_or_options_are_refused(ray_session, photos, tmp_path):
 def test_centre_crop_and_lossless_png(ray_session, photos, tmp_path):
     root, _ = photos
     cropped = prepare(
-        root, tmp_path / "crop", max_side_px=None, image_size=16, per_class={"val": 1}
+        f"file://{root}", tmp_path / "crop", max_side_px=None, image_size=16, per_class={"val": 1}
     )
     assert cropped["train"].image_size == (16, 16)
     assert read_rows(tmp_path / "crop" / "val")["source_index"][0] in range(4)
