@@ -466,6 +466,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rows-per-shard",
         type=int,
+        metavar="N",
         default=None,
         help="rows per parquet file (default 1000 for imagefolder, 10000 for the others)",
     )
@@ -476,11 +477,16 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         help="image encoding (default: png, or jpeg for imagefolder)",
     )
     parser.add_argument(
-        "--jpeg-quality", type=int, default=90, help="JPEG quality 1-95 of re-encoded images"
+        "--jpeg-quality",
+        type=int,
+        default=90,
+        metavar="Q",
+        help="JPEG quality 1-95 of re-encoded images",
     )
     parser.add_argument(
         "--max-side-px",
         type=int,
+        metavar="N",
         default=None,
         help="imagefolder only: shrink photos whose longer side exceeds N px, aspect ratio kept, "
         "never cropped (e.g. 500 for training at 224 px); photos within N keep their own bytes",
@@ -488,6 +494,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size",
         type=int,
+        metavar="N",
         default=None,
         help="imagefolder only: resize the shorter side to N px and centre-crop a square. This "
         "throws away what RandomResizedCrop would pick from; prefer --max-side-px",
@@ -502,6 +509,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-parallel-shards",
         type=int,
+        metavar="N",
         default=None,
         help="imagefolder only: at most N Ray tasks at once (default: as many as the cluster runs)",
     )
@@ -515,7 +523,11 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep at most N images per class in each held-out split (test or val)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the per-class subset and imagefolder row order"
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of the per-class subset and imagefolder row order",
     )
     parser.add_argument(
         "--mask-threshold",
