@@ -106,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
         "prepare",
         help="convert a dataset into parquet shards",
         description="Convert Fashion-MNIST, CIFAR-10/100 or a class-per-folder image tree "
-        "into parquet shards plus metadata.json that any Ray cluster can read.",
+        "into parquet shards plus metadata.json that any Ray cluster can read. Image trees are "
+        "converted by parallel Ray tasks (RAY_ADDRESS, a running cluster, or a local Ray) and a "
+        "re-run of an interrupted command resumes.",
     )
     add_prepare_arguments(prepare)
     prepare.set_defaults(handler=_prepare)

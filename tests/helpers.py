@@ -161,3 +161,59 @@ def shipped_plan(job_path: Path, overrides: dict | None = None):
     finally:
         os.chdir(cwd)
     return make_plan(resolved.job, train_samples=resolved.train_images)
+
+
+# The odd files of `write_photo_tree`, by what is odd about them (paths relative to the tree).
+PHOTO_TREE_ODD_FILES = {
+    "png": "beach/rgb.png",
+    "grey": "forest/grey.jpg",
+    "cmyk": "forest/cmyk.jpg",
+    "rgba": "city/rgba.png",
+    "rotated": "city/rotated.jpg",
+    "corrupt": "beach/truncated.jpg",
+}
+
+
+def write_photo_tree(root: Path, per_class: int = 12, seed: int = 0) -> list[str]:
+    """A small class-per-folder tree of JPEG "photos" (smooth gradients plus noise, so JPEG
+    behaves as on photos) of varied sizes and aspect ratios, 20-90 px a side, plus the files of
+    `PHOTO_TREE_ODD_FILES`: an RGB PNG, a greyscale and a CMYK JPEG, an RGBA PNG, a JPEG whose
+    EXIF orientation turns it by 90 degrees, and a truncated JPEG. Returns every file written,
+    relative to `root`."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+
+    def photo(width_px: int, height_px: int) -> Image.Image:
+        rows = np.linspace(0, 1, height_px)[:, None, None]
+        columns = np.linspace(0, 1, width_px)[None, :, None]
+        tint = rng.random(3)[None, None, :]
+        pixels = 255 * (0.6 * rows * tint + 0.4 * columns * (1 - tint))
+        pixels = pixels + rng.normal(0, 12, (height_px, width_px, 3))
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+    written = []
+    for name in ("beach", "city", "forest"):
+        for i in range(per_class):
+            file = f"{name}/{i:02d}.jpg"
+            (root / name).mkdir(parents=True, exist_ok=True)
+            size = (int(rng.integers(20, 91)), int(rng.integers(20, 91)))
+            photo(*size).save(root / file, quality=90)
+            written.append(file)
+    odd = PHOTO_TREE_ODD_FILES
+    photo(44, 30).save(root / odd["png"])
+    photo(40, 28).convert("L").save(root / odd["grey"], quality=90)
+    photo(36, 50).convert("CMYK").save(root / odd["cmyk"], quality=90)
+    rgba = photo(30, 42).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(root / odd["rgba"])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: stored sideways, shown turned 90 degrees clockwise
+    photo(64, 32).save(root / odd["rotated"], quality=90, exif=exif.tobytes())
+    whole = root / "beach" / "whole.jpg"
+    photo(80, 60).save(whole, quality=90)
+    # Header intact, image data cut: only a full decode notices.
+    (root / odd["corrupt"]).write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    return sorted([*written, *odd.values()])

@@ -102,8 +102,8 @@ class ParquetData(Strict):
     """The training data: parquet shards written by `rayaccel data prepare` (local path or
     pyarrow URI), or a class-per-folder image tree read at run time (`rayaccel.data.folder`)."""
 
-    # parquet: prepared shards; imagefolder: train/val are class-per-folder trees on a disk
-    # every node sees, read file by file (needs data.mean/std or data.card).
+    # parquet: prepared shards; imagefolder: train/val are class-per-folder trees (a disk
+    # every node sees, or a URI) read file by file (needs data.mean/std or data.card).
     source: Literal["parquet", "imagefolder"] = "parquet"
     train: str
     val: str | None = None

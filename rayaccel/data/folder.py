@@ -4,7 +4,7 @@ For users who do not want a conversion step: the driver lists the tree once, and
 windowed Ray Data pipeline as for shards reads each window's files, decodes and augments
 them (`rayaccel.data.pipeline`). Each file costs one read (one request on object storage),
 which is why `rayaccel data prepare` remains the faster choice for large sets read many
-times.
+times. The tree may be a local folder every node sees or a pyarrow URI (`s3://...`).
 
 The listing is put in a seeded random order (index = position in it), so that a window of
 consecutive indices holds a random mix of classes, as prepared shards do; the listing is
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rayaccel.core.storage import resolve_path
 from rayaccel.data.formats import scan_image_folder
 from rayaccel.data.metadata import ShardInfo, ShardSetMeta
 
@@ -48,12 +49,12 @@ def list_folder(root: str, classes: tuple[str, ...] | None = None) -> FolderList
         FileNotFoundError: if `root` is not a folder.
         ValueError: if it has no class folders or a class folder has no images.
     """
-    root = str(Path(root).resolve())  # Ray's task processes may run in another folder
+    if "://" not in root:
+        root = str(Path(root).resolve())  # Ray's task processes may run in another folder
     items, class_names = scan_image_folder(root, classes)
     order = np.random.default_rng(ORDER_SEED).permutation(len(items))
-    base = Path(root)
-    files = np.array([str(items[i][0].relative_to(base)).encode() for i in order], dtype=bytes)
-    labels = np.array([items[i][1] for i in order], dtype=np.int64)
+    files = np.array([items[i].file.encode() for i in order], dtype=bytes)
+    labels = np.array([items[i].label for i in order], dtype=np.int64)
     return FolderListing(root, files, labels, tuple(class_names))
 
 
@@ -94,11 +95,13 @@ def read_files(listing: FolderListing, start: int, end: int) -> dict[str, np.nda
     bytes, which decoding reports as a bad row naming it), label and index."""
     images = np.empty(end - start, dtype=object)
     paths = np.empty(end - start, dtype=object)
+    fs, base = resolve_path(listing.root)
     for row, relative in enumerate(listing.files[start:end]):
-        path = f"{listing.root.rstrip('/')}/{relative.decode()}"
+        path = f"{base.rstrip('/')}/{relative.decode()}"
         paths[row] = path
         try:
-            images[row] = Path(path).read_bytes()
+            with fs.open_input_file(path) as handle:
+                images[row] = handle.read()
         except OSError:
             images[row] = b""
     return {

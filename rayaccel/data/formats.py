@@ -9,11 +9,16 @@ and the conversion then runs anywhere pyarrow and PIL do.
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
+import pyarrow.fs as pafs
+
+from rayaccel.core.storage import absolute_location, resolve_path
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -270,52 +275,83 @@ def _check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
         )
 
 
-def image_folder_splits(root: str | Path) -> dict[str, Path]:
-    """Split folders of an image-folder dataset.
+def image_folder_splits(root: str | os.PathLike) -> dict[str, str]:
+    """Split folders of an image-folder dataset, local or behind a pyarrow.fs URI.
 
     Args:
         root: either one class-per-folder tree, or a folder holding ``train/`` plus ``val/`` and/or
             ``test/``, each a class-per-folder tree (the ImageNet layout).
 
     Returns:
-        {split name: folder}; a single tree is returned as {"train": root}.
+        {split name: location}; a single tree is returned as {"train": root}. Local locations
+        are absolute, because Ray workers that read them run in another folder.
 
     Raises:
         FileNotFoundError: if ``root`` is not a folder.
     """
-    root = Path(root)
-    if not root.is_dir():
+    location = absolute_location(os.fspath(root)).rstrip("/")
+    filesystem, path = resolve_path(location)
+    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"expected an image folder (one sub-folder per class) at {root}")
-    held_out = [name for name in ("val", "test") if (root / name).is_dir()]
-    if (root / "train").is_dir() and held_out:
-        return {name: root / name for name in ("train", *held_out)}
-    return {"train": root}
+
+    def is_dir(name: str) -> bool:
+        return filesystem.get_file_info(f"{path}/{name}").type == pafs.FileType.Directory
+
+    held_out = [name for name in ("val", "test") if is_dir(name)]
+    if is_dir("train") and held_out:
+        return {name: f"{location}/{name}" for name in ("train", *held_out)}
+    return {"train": location}
+
+
+class ImageFile(NamedTuple):
+    """One image of a class-per-folder tree."""
+
+    file: str
+    """Path relative to the split folder, ``/``-separated, e.g. ``n01440764/x.JPEG``."""
+    size_bytes: int
+    label: int
 
 
 def scan_image_folder(
-    root: str | Path, class_names: Sequence[str] | None = None
-) -> tuple[list[tuple[Path, int]], list[str]]:
-    """List the images of a class-per-folder tree with their labels.
+    root: str | os.PathLike, class_names: Sequence[str] | None = None
+) -> tuple[list[ImageFile], list[str]]:
+    """List the images of a class-per-folder tree with their labels, without opening them.
 
     Args:
-        root: folder whose sub-folders are classes; images may sit at any depth below their class
-            folder. Files whose extension is not in ``IMAGE_EXTENSIONS`` (any case) are skipped.
+        root: folder (local or pyarrow.fs URI) whose sub-folders are classes; images may sit at
+            any depth below their class folder. Files whose extension is not in
+            ``IMAGE_EXTENSIONS`` (any case) are skipped, as are folders starting with ".".
         class_names: the label order to use; None means the sorted sub-folder names. Pass the
             train split's names when scanning val/test so labels agree across splits even if a
             held-out split lacks some class.
 
     Returns:
-        (sorted list of (image path, label), class names).
+        (images sorted by path, folder by folder; class names).
 
     Raises:
         FileNotFoundError: if ``root`` is missing.
         ValueError: if there are no class folders, a discovered class folder has no images, or a
             folder is not among ``class_names``.
     """
-    root = Path(root)
-    if not root.is_dir():
+    filesystem, path = resolve_path(root)
+    path = path.rstrip("/")
+    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"expected an image folder (one sub-folder per class) at {root}")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    folders, files_by_folder = set(), {}
+    for entry in entries:
+        parts = entry.path[len(path) + 1 :].split("/")
+        if parts[0].startswith("."):
+            continue
+        if entry.type == pafs.FileType.Directory and len(parts) == 1:
+            folders.add(parts[0])
+        elif (
+            entry.type == pafs.FileType.File
+            and len(parts) > 1
+            and PurePosixPath(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS
+        ):
+            files_by_folder.setdefault(parts[0], []).append((parts, entry.size))
+    folders = sorted(folders)
     if not folders:
         raise ValueError(f"{root}: no class sub-folders found; expected {root}/<class>/<image>")
     if class_names is None:
@@ -329,14 +365,14 @@ def scan_image_folder(
     label_by_name = {name: label for label, name in enumerate(class_names)}
     items = []
     for folder in folders:
-        images = sorted(
-            path
-            for path in (root / folder).rglob("*")
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-        )
+        # Sorted part by part, as pathlib sorts, so "a/b/x.jpg" comes before "a/b-c.jpg".
+        images = sorted(files_by_folder.get(folder, []))
         if not images:
             raise ValueError(
-                f"{root / folder}: class folder has no images with extensions {IMAGE_EXTENSIONS}"
+                f"{root}/{folder}: class folder has no images with extensions {IMAGE_EXTENSIONS}"
             )
-        items.extend((path, label_by_name[folder]) for path in images)
+        items.extend(
+            ImageFile("/".join(parts), size_bytes, label_by_name[folder])
+            for parts, size_bytes in images
+        )
     return items, list(class_names)

@@ -21,7 +21,8 @@ METADATA_FILE = "metadata.json"
 _ENCODINGS = ("png", "jpeg")
 TASKS = ("classification", "segmentation")
 # Fields added after the first release; files without them get the dataclass default.
-_OPTIONAL_FIELDS = {"task"}
+_OPTIONAL_FIELDS = {"task", "original_size_px", "bad_file_count"}
+_SIDES = ("height", "width")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,15 @@ class ShardInfo:
     file: str
     first_index: int
     count: int
+
+
+@dataclass(frozen=True)
+class SideRange:
+    """Smallest, median and largest length of one side over a split's original images, in px."""
+
+    min: int
+    median: float
+    max: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,12 @@ class ShardSetMeta:
             ``mask`` column of greyscale PNGs whose pixel values are mask classes; ``label`` is
             the mask class of the image's object). Last and defaulted because files written
             before segmentation existed have no such field and are classification sets.
+        original_size_px: imagefolder only: {"height": SideRange, "width": SideRange} of the
+            source images before any shrinking (EXIF orientation applied); each row's own size
+            is in the shards' ``height_px``/``width_px`` columns. None for sets of one fixed size
+            and for files written before it existed.
+        bad_file_count: source files that could not be read as images and were skipped (listed
+            in the split's ``bad_files.txt``); 0 for files written before it existed.
     """
 
     name: str
@@ -77,6 +93,8 @@ class ShardSetMeta:
     std: tuple[float, ...]
     shards: tuple[ShardInfo, ...]
     task: str = "classification"
+    original_size_px: dict[str, SideRange] | None = None
+    bad_file_count: int = 0
 
     def __post_init__(self) -> None:
         _freeze(self, "classes", tuple(str(name) for name in self.classes))
@@ -90,6 +108,15 @@ class ShardSetMeta:
             "shards",
             tuple(s if isinstance(s, ShardInfo) else ShardInfo(**s) for s in self.shards),
         )
+        if self.original_size_px is not None:
+            _freeze(
+                self,
+                "original_size_px",
+                {
+                    side: value if isinstance(value, SideRange) else SideRange(**value)
+                    for side, value in self.original_size_px.items()
+                },
+            )
         self._validate()
 
     def _validate(self) -> None:
@@ -124,6 +151,13 @@ class ShardSetMeta:
                 f"{where}: mean and std need one value per channel ({self.channels}), "
                 f"got {len(self.mean)} and {len(self.std)}"
             )
+        if self.original_size_px is not None and set(self.original_size_px) != set(_SIDES):
+            raise ValueError(
+                f"{where}: original_size_px needs exactly the sides {list(_SIDES)}, got "
+                f"{sorted(self.original_size_px)}"
+            )
+        if self.bad_file_count < 0:
+            raise ValueError(f"{where}: bad_file_count must be >= 0, got {self.bad_file_count}")
         next_index = 0
         for shard in self.shards:
             if shard.first_index != next_index or shard.count <= 0:

@@ -11,6 +11,12 @@ Output, per split (``train``/``test``, or ``train``/``val`` for an ImageNet-styl
     OUT/<split>/part-00000.parquet ...   columns image (PNG/JPEG bytes), label, index[, source_index]
     OUT/<split>/metadata.json            see ``metadata.ShardSetMeta``
 
+A class-per-folder photo tree (``imagefolder``) is converted by parallel, resumable Ray tasks
+(``rayaccel.data.imagefolder``): rows in a seeded random order, photos shrunk at most to
+``--max-side-px`` and never cropped, extra columns ``file``, ``height_px``, ``width_px``:
+
+    rayaccel data prepare imagefolder /data/ILSVRC2012 /data/imagenet --max-side-px 500
+
 ``fashion-seg`` derives a semantic-segmentation set from Fashion-MNIST, so segmentation methods
 (AGVM) can be tested on real images without downloading a segmentation benchmark: each image keeps
 its pixels, and its mask marks the pixels at or above a brightness threshold with the image's
@@ -21,7 +27,7 @@ lossless) and ``label`` is the mask class 1..10.
 from __future__ import annotations
 
 import argparse
-import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,11 +35,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rayaccel.core.storage import resolve_path
 from rayaccel.data import formats
 from rayaccel.data.codec import ENCODINGS, decode_image, encode_image
+from rayaccel.data.image_shard import ShardOptions
+from rayaccel.data.imagefolder import prepare_image_folder, progress_printer
 from rayaccel.data.metadata import (
     METADATA_FILE,
     ShardInfo,
@@ -41,6 +48,8 @@ from rayaccel.data.metadata import (
     read_meta,
     write_meta,
 )
+from rayaccel.data.pixel_stats import PixelStats
+from rayaccel.data.prepare_base import PrepareError, ProgressFn, stratified_subset
 
 KINDS = ("fashion-mnist", "fashion-seg", "cifar10", "cifar100", "imagefolder")
 FASHION_SEG_CLASSES = ("background", *formats.FASHION_MNIST_CLASSES)
@@ -48,12 +57,10 @@ FASHION_SEG_CLASSES = ("background", *formats.FASHION_MNIST_CLASSES)
 # the mask follows the garment's silhouette while dark folds inside it stay (mostly) foreground.
 DEFAULT_MASK_THRESHOLD = 51
 
-ProgressFn = Callable[[str, int, int], None]
-"""Called as ``progress(split, rows_done, rows_total)`` after each shard is written."""
-
-
-class PrepareError(ValueError):
-    """Bad input to ``prepare_dataset``: the message says what was wrong and what would be right."""
+ON_BAD_FILE = ("skip", "fail")
+DEFAULT_ROWS_PER_SHARD = {"imagefolder": 1000}
+"""Photos are ~100 KB each, so 1,000 make a ~100 MB shard; the tiny images of the other kinds
+default to 10,000 rows per shard."""
 
 
 class _SourceSplit:
@@ -81,46 +88,18 @@ class _SourceSplit:
         self.source_indices = source_indices
 
 
-class _PixelStats:
-    """Exact per-channel mean and std: sums are kept as Python ints, so no rounding accumulates."""
-
-    def __init__(self, channels: int):
-        self.channels = channels
-        self.pixel_count = 0
-        self.sums = [0] * channels
-        self.square_sums = [0] * channels
-
-    def add(self, pixels: np.ndarray) -> None:
-        flat = pixels.reshape(-1, self.channels).astype(np.uint64)
-        self.pixel_count += flat.shape[0]
-        for channel, (total, square_total) in enumerate(
-            zip(flat.sum(axis=0), (flat * flat).sum(axis=0), strict=True)
-        ):
-            self.sums[channel] += int(total)
-            self.square_sums[channel] += int(square_total)
-
-    def mean_std(self) -> tuple[list[float], list[float]]:
-        """Mean and population std per channel, in [0, 1] pixel units."""
-        n = self.pixel_count
-        if n == 0:
-            return [0.0] * self.channels, [0.0] * self.channels
-        means = [total / (n * 255) for total in self.sums]
-        stds = [
-            math.sqrt((n * square_total - total * total) / (n * n * 255 * 255))
-            for total, square_total in zip(self.sums, self.square_sums, strict=True)
-        ]
-        return means, stds
-
-
 def prepare_dataset(
     kind: str,
     src: str | Path,
     out: str | Path,
     *,
-    rows_per_shard: int = 10000,
+    rows_per_shard: int | None = None,
     encoding: str | None = None,
     jpeg_quality: int = 90,
     image_size: int | None = None,
+    max_side_px: int | None = None,
+    on_bad_file: str | None = None,
+    max_parallel_shards: int | None = None,
     per_class: dict[str, int] | None = None,
     seed: int = 0,
     overwrite: bool = False,
@@ -130,32 +109,49 @@ def prepare_dataset(
     """Convert one dataset to parquet shards, one folder per split.
 
     Mean and std in the metadata are computed exactly over the pixels that were encoded. For PNG
-    these are the pixels a reader decodes; for JPEG they are the (resized) source pixels, which
-    differ from the decoded ones by the compression error only.
+    and for kept original bytes these are the pixels a reader decodes; for re-encoded JPEG they
+    are the (resized) source pixels, which differ from the decoded ones by the compression error.
+
+    ``imagefolder`` runs on Ray (see ``rayaccel.data.imagefolder``): parallel, resumable, rows
+    in a seeded random order, with ``file``, ``height_px`` and ``width_px`` columns (the
+    original size). The other kinds fit in one process's memory and are converted in it.
 
     Args:
         kind: one of ``KINDS``.
         src: the dataset in its original layout: the IDX folder (fashion-mnist), the extracted
             CIFAR folder or its parent (cifar10/cifar100), or a class-per-folder tree, optionally
-            split into ``train/`` and ``val/`` or ``test/`` (imagefolder). fashion-seg takes the
-            IDX folder or an already prepared fashion-mnist folder (``train/``, ``test/`` split
-            folders of parquet shards, e.g. ``data/fixture/fashion-mnist``).
+            split into ``train/`` and ``val/`` or ``test/`` (imagefolder, local or a pyarrow.fs
+            URI). fashion-seg takes the IDX folder or an already prepared fashion-mnist folder
+            (``train/``, ``test/`` split folders of parquet shards, e.g.
+            ``data/fixture/fashion-mnist``).
         out: output folder, local or a pyarrow.fs URI; ``OUT/<split>/`` is created per split.
-        rows_per_shard: rows per parquet file. Ray Data reads files in parallel, so keep at least
-            a few shards per training worker.
+        rows_per_shard: rows per parquet file; None means 1,000 for imagefolder (~100 MB of
+            photos) and 10,000 for the others. Ray Data reads files in parallel, so keep at
+            least a few shards per training worker.
         encoding: "png" or "jpeg"; None means PNG (lossless) for fashion-mnist and CIFAR, whose
             images are tiny, and JPEG for imagefolder, whose photos would grow several-fold as PNG.
-        jpeg_quality: JPEG quality 1-95.
-        image_size: imagefolder only: resize the shorter side to this many pixels, then centre-crop
-            to a square. None keeps each image's size.
+        jpeg_quality: JPEG quality 1-95 of images that are (re-)encoded as JPEG.
+        image_size: imagefolder only: resize the shorter side to this many pixels, then
+            centre-crop to a square. This throws away the parts of each photo that train-time
+            random-resized crops would pick; prefer ``max_side_px``. None keeps the whole photo.
+        max_side_px: imagefolder only: shrink photos whose longer side is longer than this, aspect
+            ratio kept, never cropped (500 suits ImageNet-style training at 224 px). None keeps
+            every photo's size.
+        on_bad_file: imagefolder only: "skip" (the default: unreadable files are listed in
+            ``OUT/<split>/bad_files.txt``, counted in the metadata and left out) or "fail" (stop,
+            naming the file, before anything is written).
+        max_parallel_shards: imagefolder only: at most this many Ray tasks at once; None means as
+            many as the cluster runs.
         per_class: {split: n} keeps a seeded, stratified subset of at most n images per class of
             that split (for fixtures and quick experiments); splits not named are kept whole.
             Each subset split gets an extra int64 ``source_index`` column: the row's position in
             the original split (for imagefolder, in that split's sorted file list), so a subset
             can be checked against, or traced back to, the source.
-        seed: seed of the per-class subset choice.
+        seed: seed of the per-class subset choice and of imagefolder's row order.
         overwrite: replace the contents of existing ``OUT/<split>`` folders. Otherwise a non-empty
-            one is an error, because mixing old and new shards would corrupt the split silently.
+            one is an error, because mixing old and new shards would corrupt the split silently;
+            for imagefolder, a folder holding an unfinished (or finished) prepare of the same
+            source and options is resumed instead.
         progress: see ``ProgressFn``; None reports nothing.
         mask_threshold: fashion-seg only: pixels >= this grey level (0-255) are the object,
             the rest background. None means ``DEFAULT_MASK_THRESHOLD`` (51, 20% of 255).
@@ -164,10 +160,13 @@ def prepare_dataset(
         {split: metadata written to ``OUT/<split>/metadata.json``}.
 
     Raises:
-        PrepareError: for a bad argument, a missing or malformed source, or an existing output.
+        PrepareError: for a bad argument, a missing or malformed source, an existing output, or
+            (``on_bad_file="fail"``) an unreadable image.
     """
     if kind not in KINDS:
         raise PrepareError(f"unknown dataset kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if rows_per_shard is None:
+        rows_per_shard = DEFAULT_ROWS_PER_SHARD.get(kind, 10000)
     if rows_per_shard < 1:
         raise PrepareError(f"rows_per_shard (--rows-per-shard) must be >= 1, got {rows_per_shard}")
     if encoding is None:
@@ -176,12 +175,33 @@ def prepare_dataset(
         raise PrepareError(f"encoding (--encoding) must be png or jpeg, got {encoding!r}")
     if not 1 <= jpeg_quality <= 95:
         raise PrepareError(f"jpeg_quality (--jpeg-quality) must be in [1, 95], got {jpeg_quality}")
-    if image_size is not None and kind != "imagefolder":
-        raise PrepareError(
-            f"image_size (--image-size) applies only to imagefolder; {kind} images have a fixed size"
-        )
+    folder_only = {
+        "image_size (--image-size)": image_size,
+        "max_side_px (--max-side-px)": max_side_px,
+        "on_bad_file (--on-bad-file)": on_bad_file,
+        "max_parallel_shards (--max-parallel-shards)": max_parallel_shards,
+    }
+    for option, value in folder_only.items():
+        if value is not None and kind != "imagefolder":
+            raise PrepareError(
+                f"{option} applies only to imagefolder; {kind} images have a fixed size and "
+                "are converted in one process"
+            )
     if image_size is not None and image_size < 1:
         raise PrepareError(f"image_size (--image-size) must be >= 1 pixel, got {image_size}")
+    if max_side_px is not None and max_side_px < 1:
+        raise PrepareError(f"max_side_px (--max-side-px) must be >= 1 pixel, got {max_side_px}")
+    if image_size is not None and max_side_px is not None:
+        raise PrepareError(
+            "give either image_size (--image-size, centre-crop) or max_side_px (--max-side-px, "
+            "whole photo), not both"
+        )
+    if on_bad_file is not None and on_bad_file not in ON_BAD_FILE:
+        raise PrepareError(f"on_bad_file (--on-bad-file) must be skip or fail, got {on_bad_file!r}")
+    if max_parallel_shards is not None and max_parallel_shards < 1:
+        raise PrepareError(
+            f"max_parallel_shards (--max-parallel-shards) must be >= 1, got {max_parallel_shards}"
+        )
     if mask_threshold is not None and kind != "fashion-seg":
         raise PrepareError(
             f"mask_threshold (--mask-threshold) applies only to fashion-seg, not to {kind}"
@@ -193,30 +213,50 @@ def prepare_dataset(
             f"mask_threshold (--mask-threshold) must be a grey level in [1, 255], got "
             f"{mask_threshold}"
         )
-    if not Path(src).exists():
-        raise PrepareError(f"source {src} does not exist; expected the {kind} dataset there")
-
-    try:
-        splits, classes, channels = _load_source(kind, Path(src), image_size, mask_threshold)
-    except (FileNotFoundError, ValueError) as error:
-        raise PrepareError(str(error)) from error
     per_class = dict(per_class or {})
-    unknown_splits = sorted(set(per_class) - set(splits))
-    if unknown_splits:
-        raise PrepareError(f"per_class names splits {unknown_splits}; {src} has {sorted(splits)}")
     for split, limit in per_class.items():
         if limit < 1:
             raise PrepareError(f"per_class[{split!r}] must be >= 1 image per class, got {limit}")
+    is_uri = "://" in str(src)
+    if not is_uri and not Path(src).exists():
+        raise PrepareError(f"source {src} does not exist; expected the {kind} dataset there")
+    if kind == "imagefolder":
+        return prepare_image_folder(
+            src,
+            out,
+            options=ShardOptions(
+                encoding=encoding,
+                jpeg_quality=jpeg_quality,
+                max_side_px=max_side_px,
+                centre_crop_px=image_size,
+            ),
+            rows_per_shard=rows_per_shard,
+            per_class=per_class,
+            seed=seed,
+            overwrite=overwrite,
+            on_bad_file=on_bad_file or "skip",
+            max_parallel_shards=max_parallel_shards,
+            progress=progress,
+        )
+    if is_uri:
+        raise PrepareError(f"{kind} reads a local source folder; {src} is a URI")
+
+    try:
+        splits, classes, channels = _load_source(kind, Path(src), mask_threshold)
+    except (FileNotFoundError, ValueError) as error:
+        raise PrepareError(str(error)) from error
+    unknown_splits = sorted(set(per_class) - set(splits))
+    if unknown_splits:
+        raise PrepareError(f"per_class names splits {unknown_splits}; {src} has {sorted(splits)}")
 
     filesystem, out_path = resolve_path(out)
     for split in splits:
         _claim_output_dir(filesystem, f"{out_path}/{split}", overwrite)
 
-    name = Path(src).resolve().name if kind == "imagefolder" else kind
     results = {}
     for split, source in splits.items():
         if split in per_class:
-            source_indices = _stratified_subset(source.labels, per_class[split], seed)
+            source_indices = stratified_subset(source.labels, per_class[split], seed)
         else:
             source_indices = None
         results[split] = _write_split(
@@ -226,7 +266,7 @@ def prepare_dataset(
             split_dir=f"{out_path}/{split}",
             split_uri=f"{str(out).rstrip('/')}/{split}",
             meta_fields={
-                "name": name,
+                "name": kind,
                 "split": split,
                 "classes": classes,
                 "channels": channels,
@@ -241,7 +281,7 @@ def prepare_dataset(
 
 
 def _load_source(
-    kind: str, src: Path, image_size: int | None, mask_threshold: int
+    kind: str, src: Path, mask_threshold: int
 ) -> tuple[dict[str, _SourceSplit], list[str], int]:
     """Splits, class names and channel count of the source dataset."""
     if kind == "fashion-mnist":
@@ -257,20 +297,9 @@ def _load_source(
             for split, source in classification.items()
         }
         return splits, list(FASHION_SEG_CLASSES), 1
-    if kind in ("cifar10", "cifar100"):
-        variant = 10 if kind == "cifar10" else 100
-        arrays = formats.load_cifar(src, variant)
-        return _array_splits(arrays), formats.read_cifar_class_names(src, variant), 3
-    splits, classes = {}, None
-    for split, folder in formats.image_folder_splits(src).items():
-        # Later splits reuse train's class order so a label means the same class everywhere.
-        items, classes = formats.scan_image_folder(folder, classes)
-        paths = [path for path, _ in items]
-        splits[split] = _SourceSplit(
-            np.array([label for _, label in items], dtype=np.int64),
-            lambda i, paths=paths: _load_folder_image(paths[i], image_size),
-        )
-    return splits, classes, 3
+    variant = 10 if kind == "cifar10" else 100  # imagefolder never gets here
+    arrays = formats.load_cifar(src, variant)
+    return _array_splits(arrays), formats.read_cifar_class_names(src, variant), 3
 
 
 def _array_splits(arrays: dict[str, formats.Split]) -> dict[str, _SourceSplit]:
@@ -328,39 +357,6 @@ def threshold_mask(pixels: np.ndarray, mask_class: int, threshold: int) -> np.nd
     return np.where(grey >= threshold, np.uint8(mask_class), np.uint8(0))
 
 
-def _load_folder_image(path: Path, image_size_px: int | None) -> np.ndarray:
-    try:
-        with Image.open(path) as opened:
-            # Phone photos store their rotation in EXIF; apply it so pixels are upright.
-            image = ImageOps.exif_transpose(opened).convert("RGB")
-    except (OSError, UnidentifiedImageError) as error:
-        raise PrepareError(f"{path}: not a readable image ({error})") from error
-    if image_size_px is not None:
-        image = _resize_and_centre_crop(image, image_size_px)
-    return np.asarray(image)
-
-
-def _resize_and_centre_crop(image: Image.Image, size_px: int) -> Image.Image:
-    width, height = image.size
-    scale = size_px / min(width, height)
-    resized_width = max(size_px, round(width * scale))
-    resized_height = max(size_px, round(height * scale))
-    image = image.resize((resized_width, resized_height), Image.Resampling.BICUBIC)
-    left = (resized_width - size_px) // 2
-    top = (resized_height - size_px) // 2
-    return image.crop((left, top, left + size_px, top + size_px))
-
-
-def _stratified_subset(labels: np.ndarray, limit_per_class: int, seed: int) -> np.ndarray:
-    """Sorted positions of at most ``limit_per_class`` randomly chosen images of each class."""
-    rng = np.random.default_rng(seed)
-    chosen = [
-        rng.permutation(np.flatnonzero(labels == label))[:limit_per_class]
-        for label in np.unique(labels)
-    ]
-    return np.sort(np.concatenate(chosen))
-
-
 def _claim_output_dir(filesystem: pafs.FileSystem, split_dir: str, overwrite: bool) -> None:
     info = filesystem.get_file_info(split_dir)
     if info.type == pafs.FileType.NotFound:
@@ -397,7 +393,7 @@ def _write_split(
     else:
         original_positions = None
     classes = meta_fields["classes"]
-    stats = _PixelStats(meta_fields["channels"])
+    stats = PixelStats(meta_fields["channels"])
     image_sizes_px = set()
     schema = pa.schema(
         [("image", pa.binary())]
@@ -461,21 +457,61 @@ def _write_split(
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``rayaccel data prepare`` arguments to ``parser``; ``run_prepare`` consumes them."""
     parser.add_argument("kind", choices=KINDS, help="format of SRC")
-    parser.add_argument("src", help="the dataset in its original layout (see prepare_dataset)")
+    parser.add_argument(
+        "src",
+        help="the dataset in its original layout (see prepare_dataset); imagefolder also takes a "
+        "pyarrow.fs URI such as s3://bucket/photos",
+    )
     parser.add_argument("out", help="output folder or URI; OUT/<split>/ is written per split")
-    parser.add_argument("--rows-per-shard", type=int, default=10000, help="rows per parquet file")
+    parser.add_argument(
+        "--rows-per-shard",
+        type=int,
+        metavar="N",
+        default=None,
+        help="rows per parquet file (default 1000 for imagefolder, 10000 for the others)",
+    )
     parser.add_argument(
         "--encoding",
         choices=ENCODINGS,
         default=None,
         help="image encoding (default: png, or jpeg for imagefolder)",
     )
-    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1-95")
+    parser.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=90,
+        metavar="Q",
+        help="JPEG quality 1-95 of re-encoded images",
+    )
+    parser.add_argument(
+        "--max-side-px",
+        type=int,
+        metavar="N",
+        default=None,
+        help="imagefolder only: shrink photos whose longer side exceeds N px, aspect ratio kept, "
+        "never cropped (e.g. 500 for training at 224 px); photos within N keep their own bytes",
+    )
     parser.add_argument(
         "--image-size",
         type=int,
+        metavar="N",
         default=None,
-        help="imagefolder only: resize the shorter side to this many pixels and centre-crop",
+        help="imagefolder only: resize the shorter side to N px and centre-crop a square. This "
+        "throws away what RandomResizedCrop would pick from; prefer --max-side-px",
+    )
+    parser.add_argument(
+        "--on-bad-file",
+        choices=ON_BAD_FILE,
+        default=None,
+        help="imagefolder only: skip unreadable images (listed in OUT/<split>/bad_files.txt, "
+        "the default) or fail naming the first one",
+    )
+    parser.add_argument(
+        "--max-parallel-shards",
+        type=int,
+        metavar="N",
+        default=None,
+        help="imagefolder only: at most N Ray tasks at once (default: as many as the cluster runs)",
     )
     parser.add_argument(
         "--train-per-class", type=int, default=None, help="keep at most N train images per class"
@@ -486,7 +522,13 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="keep at most N images per class in each held-out split (test or val)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the per-class subset")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of the per-class subset and imagefolder row order",
+    )
     parser.add_argument(
         "--mask-threshold",
         type=int,
@@ -495,12 +537,17 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_MASK_THRESHOLD})",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace existing OUT/<split> contents"
+        "--overwrite",
+        action="store_true",
+        help="replace existing OUT/<split> contents (an unfinished imagefolder prepare of the "
+        "same source and options is resumed without it)",
     )
 
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Run ``prepare_dataset`` from parsed arguments and print one summary line per split.
+
+    imagefolder also prints progress lines (images done, images/s, ETA) as shards finish.
 
     Returns:
         0 on success; failures raise ``PrepareError`` for the CLI to report.
@@ -516,6 +563,9 @@ def run_prepare(args: argparse.Namespace) -> int:
             )
         for split in held_out_splits:
             per_class[split] = args.test_per_class
+    progress = None
+    if args.kind == "imagefolder":
+        progress = progress_printer(sys.stdout)
     results = prepare_dataset(
         args.kind,
         args.src,
@@ -524,16 +574,27 @@ def run_prepare(args: argparse.Namespace) -> int:
         encoding=args.encoding,
         jpeg_quality=args.jpeg_quality,
         image_size=args.image_size,
+        max_side_px=args.max_side_px,
+        on_bad_file=args.on_bad_file,
+        max_parallel_shards=args.max_parallel_shards,
         per_class=per_class,
         seed=args.seed,
         overwrite=args.overwrite,
+        progress=progress,
         mask_threshold=args.mask_threshold,
     )
     for split, meta in results.items():
+        split_location = f"{str(args.out).rstrip('/')}/{split}"
+        skipped = ""
+        if meta.bad_file_count:
+            files = "file" if meta.bad_file_count == 1 else "files"
+            skipped = (
+                f", {meta.bad_file_count} unreadable {files} skipped (listed in "
+                f"{split_location}/bad_files.txt)"
+            )
         print(
-            f"{split}: {meta.count} images, {len(meta.shards)} shards, "
-            f"mean={_rounded(meta.mean)} std={_rounded(meta.std)} -> "
-            f"{str(args.out).rstrip('/')}/{split}"
+            f"{split}: {meta.count} images, {len(meta.shards)} shards{skipped}, "
+            f"mean={_rounded(meta.mean)} std={_rounded(meta.std)} -> {split_location}"
         )
     return 0
 

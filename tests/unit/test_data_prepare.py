@@ -217,36 +217,35 @@ def make_image_folder(root: Path, sizes_by_class: dict[str, list[tuple[int, int]
 def test_scan_image_folder_labels_from_sorted_folder_names(tmp_path):
     make_image_folder(tmp_path, {"zebra": [(8, 8)] * 2, "ant": [(8, 8)] * 3})
     (tmp_path / "ant" / "notes.txt").write_text("not an image")
+    (tmp_path / ".cache").mkdir()
     items, classes = formats.scan_image_folder(tmp_path)
     assert classes == ["ant", "zebra"]
-    assert [label for _, label in items] == [0, 0, 0, 1, 1]
-    assert [p.name for p, _ in items] == [
-        "img0.png",
-        "img1.PNG",
-        "img2.png",
-        "img0.png",
-        "img1.PNG",
+    assert [item.label for item in items] == [0, 0, 0, 1, 1]
+    # Sorted part by part, as pathlib sorts: "nested/img2.png" after "img1.PNG".
+    assert [item.file for item in items] == [
+        "ant/img0.png",
+        "ant/img1.PNG",
+        "ant/nested/img2.png",
+        "zebra/img0.png",
+        "zebra/img1.PNG",
     ]
-    assert formats.image_folder_splits(tmp_path) == {"train": tmp_path}
+    assert items[0].size_bytes == (tmp_path / "ant" / "img0.png").stat().st_size
+    assert formats.image_folder_splits(tmp_path) == {"train": str(tmp_path)}
+    assert formats.scan_image_folder(f"file://{tmp_path}")[0] == items
     with pytest.raises(ValueError, match="not among the classes"):
         formats.scan_image_folder(tmp_path, class_names=["ant"])
 
 
-def test_prepare_imagefolder_with_splits_and_resize(tmp_path):
-    src = tmp_path / "pets"
-    make_image_folder(src / "train", {"cat": [(20, 10), (10, 30), (12, 12)], "dog": [(9, 9)]})
-    make_image_folder(src / "val", {"dog": [(16, 16)]})  # val lacks "cat": labels must still agree
-    results = prepare_dataset("imagefolder", str(src), str(tmp_path / "out"), image_size=8)
-    assert set(results) == {"train", "val"}
-    assert results["train"].classes == ("cat", "dog") and results["val"].classes == ("cat", "dog")
-    assert results["val"].class_counts == (0, 1)
-    assert results["train"].encoding == "jpeg" and results["train"].image_size == (8, 8)
-    rows = read_split(tmp_path / "out" / "val")
-    assert rows["label"] == [1]
-    assert decode_image(rows["image"][0], 3).shape == (8, 8, 3)
-
-    unresized = prepare_dataset("imagefolder", str(src / "train"), str(tmp_path / "raw"))
-    assert unresized["train"].image_size is None  # sizes differ
+def test_image_folder_splits_need_train_and_a_held_out_split(tmp_path):
+    make_image_folder(tmp_path / "train", {"cat": [(8, 8)]})
+    assert formats.image_folder_splits(tmp_path) == {"train": str(tmp_path)}  # train/ is a class
+    make_image_folder(tmp_path / "val", {"cat": [(8, 8)]})
+    assert formats.image_folder_splits(tmp_path) == {
+        "train": f"{tmp_path}/train",
+        "val": f"{tmp_path}/val",
+    }
+    with pytest.raises(FileNotFoundError, match="expected an image folder"):
+        formats.image_folder_splits(tmp_path / "missing")
 
 
 # ---- prepare -----------------------------------------------------------------------------------
@@ -346,6 +345,18 @@ def test_prepare_refuses_to_overwrite_unless_asked(tmp_path):
         ("mnist", "src", {}, "unknown dataset kind 'mnist'"),
         ("fashion-mnist", "missing", {}, "source .*missing does not exist"),
         ("fashion-mnist", "src", {"image_size": 32}, "applies only to imagefolder"),
+        (
+            "fashion-mnist",
+            "src",
+            {"max_side_px": 500},
+            "--max-side-px. applies only to imagefolder",
+        ),
+        ("fashion-mnist", "src", {"on_bad_file": "fail"}, "--on-bad-file. applies only"),
+        ("imagefolder", "src", {"image_size": 8, "max_side_px": 9}, "not both"),
+        ("imagefolder", "src", {"max_side_px": 0}, r"--max-side-px\) must be >= 1 pixel, got 0"),
+        ("imagefolder", "src", {"on_bad_file": "ignore"}, "must be skip or fail, got 'ignore'"),
+        ("imagefolder", "src", {"max_parallel_shards": 0}, "--max-parallel-shards"),
+        ("imagefolder", "missing", {}, "source .*missing does not exist"),
         ("fashion-mnist", "src", {"per_class": {"val": 3}}, r"per_class names splits \['val'\]"),
         ("fashion-mnist", "src", {"rows_per_shard": 0}, "--rows-per-shard"),
         ("cifar10", "src", {}, "expected CIFAR-10 python pickles"),
