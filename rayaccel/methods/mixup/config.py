@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -79,10 +80,11 @@ def mixup_problems(job: JobConfig) -> list[str]:
     for i, stage in enumerate(getattr(job.curriculum, "stages", None) or []):
         if getattr(stage, "global_batch_size", None) is not None:
             batches[f"curriculum.stages.{i}.global_batch_size"] = stage.global_batch_size
+    groups = range(scaling.min_workers, scaling.max_workers + 1)
     for where, batch in batches.items():
-        for workers in range(scaling.min_workers, scaling.max_workers + 1):
+        for workers in groups:
             if batch % workers == 0 and (batch // workers) % 2:
-                problems.append(_odd_batch_line(where, batch, workers))
+                problems.append(_odd_batch_line(where, batch, workers, groups))
                 break
     length_epochs, unit = job.train.epochs, "train.epochs"
     budget_epochs = getattr(job.curriculum, "budget_epochs", None)
@@ -97,11 +99,15 @@ def mixup_problems(job: JobConfig) -> list[str]:
     return problems
 
 
-def _odd_batch_line(where: str, batch: int, workers: int) -> str:
+def _odd_batch_line(where: str, batch: int, workers: int, groups: range) -> str:
+    """The problem line of an odd per-worker batch, with the multiple that is even per worker
+    at every group size in `groups`."""
+    multiple = math.lcm(*(2 * size for size in groups))
+    elastic = " (even per worker at every group size scaling.num_workers allows)"
     return (
         f"{where}: mixup pairs each sample with another of its worker's batch and needs an "
         f"even per-worker batch, but {batch} over {workers} workers gives {batch // workers}; "
-        f"use a multiple of {2 * workers}"
+        f"use a multiple of {multiple}" + (elastic if len(groups) > 1 else "")
     )
 
 
@@ -111,9 +117,9 @@ def plan_problems(plan: Plan, cutmix_minmax: tuple[float, float] | None) -> list
     `cutmix_minmax` range that holds no whole-pixel box side at a stage's resolution (timm
     draws the side from `int(px * min)` up to, excluding, `int(px * max)`)."""
     problems = []
-    smallest_group = plan.min_workers or plan.num_workers
+    groups = range(plan.min_workers or plan.num_workers, plan.num_workers + 1)
     for stage in plan.stages:
-        for workers in range(smallest_group, plan.num_workers + 1):
+        for workers in groups:
             if stage.global_batch % workers == 0 and (stage.global_batch // workers) % 2:
                 where = (
                     "train.global_batch_size"
@@ -123,7 +129,7 @@ def plan_problems(plan: Plan, cutmix_minmax: tuple[float, float] | None) -> list
                         "the stage's global_batch_size)"
                     )
                 )
-                problems.append(_odd_batch_line(where, stage.global_batch, workers))
+                problems.append(_odd_batch_line(where, stage.global_batch, workers, groups))
                 break
         if cutmix_minmax is not None:
             low, high = (int(stage.resolution_px * f) for f in cutmix_minmax)

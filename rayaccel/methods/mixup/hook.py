@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 
-from rayaccel.core.seeds import epoch_seed, seeded_global_rngs, worker_seed
+from rayaccel.core.seeds import seeded_global_rngs, worker_seed
 from rayaccel.methods.base import Hook, StepBatch, WorkerContext
 from rayaccel.methods.mixup.config import MixupSettings
 
@@ -62,10 +63,15 @@ class MixupHook(Hook):
             batch.labels, self.mixup.num_classes, smoothing=self.mixup.label_smoothing
         )
         if even:
-            with seeded_global_rngs(epoch_seed(self.seed, self.epoch) * 100_003 + self.step):
+            with seeded_global_rngs(self.step_seed()):
                 images[:even], targets[:even] = self.mixup(images[:even], batch.labels[:even])
         batch.images, batch.targets = images, targets
         return batch
+
+    def step_seed(self) -> int:
+        """This step's seed of NumPy's generator (which takes 32 bits), from `(seed, epoch,
+        step)`."""
+        return int(np.random.SeedSequence([self.seed, self.epoch, self.step]).generate_state(1)[0])
 
     def on_epoch_end(self) -> dict[str, float]:
         return {"mixup/active": float(self.active)}
