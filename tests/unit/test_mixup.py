@@ -14,10 +14,12 @@ from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
 
 from rayaccel.config import ConfigError, parse_job, resolve_data
-from rayaccel.methods.base import StepBatch
+from rayaccel.methods.base import StepBatch, WorkerContext
 from rayaccel.methods.infobatch.hook import InfoBatchHook
 from rayaccel.methods.mixup.config import MixupSettings, first_unmixed_epoch
 from rayaccel.methods.mixup.hook import MixupHook
+from rayaccel.methods.ordering import build_hooks
+from rayaccel.methods.random_erasing.hook import RandomErasingHook
 from rayaccel.plan import PlanError, make_plan
 from rayaccel.train.runner import build_run
 from rayaccel.train.task import ClassificationTask
@@ -295,3 +297,20 @@ def test_a_cutmix_range_without_a_whole_pixel_side_is_refused_at_plan():
     job = resolve_data(parse_job(_job(mixup={"cutmix_minmax": [0.2, 0.21]})))
     with pytest.raises(PlanError, match=r"mixup.cutmix_minmax: at stage 0's 28 px it allows no"):
         make_plan(job, train_samples=4000)
+
+
+def test_random_erasing_runs_before_mixing_as_in_timms_data_path():
+    job = resolve_data(parse_job(_job(mixup={}, random_erasing={})))
+    _, spec = build_run(job)
+    context = WorkerContext(
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        seed=0,
+        num_classes=NUM_CLASSES,
+        optimizer_name="sgd",
+        resources={},
+        training_images=None,
+    )
+    hooks = build_hooks(spec.methods, context).hooks
+    assert [type(hook) for hook in hooks] == [RandomErasingHook, MixupHook]

@@ -77,6 +77,7 @@ def mixup_problems(job: JobConfig) -> list[str]:
     problems = []
     scaling = job.scaling
     batches = {"train.global_batch_size": job.train.global_batch_size}
+    # The curricula are read by their fields (a method package imports no other method).
     for i, stage in enumerate(getattr(job.curriculum, "stages", None) or []):
         if getattr(stage, "global_batch_size", None) is not None:
             batches[f"curriculum.stages.{i}.global_batch_size"] = stage.global_batch_size
