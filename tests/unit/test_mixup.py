@@ -289,7 +289,11 @@ def test_an_early_large_batch_stage_with_an_odd_per_worker_batch_is_refused_at_p
         "stages": [{"resolution_px": 20}, {"resolution_px": 28}],
     }
     job = resolve_data(parse_job(_job(curriculum=curriculum, mixup={})))
-    with pytest.raises(PlanError, match=r"stage 0's batch .*250 over 2 workers gives 125"):
+    with pytest.raises(
+        PlanError,
+        match=r"stage 0's batch: .*250 over 2 workers gives 125; use a multiple of 4 "
+        r"\(e.g. curriculum.max_global_batch: 248 caps",
+    ):
         make_plan(job, train_samples=4000)
 
 

@@ -100,15 +100,17 @@ def mixup_problems(job: JobConfig) -> list[str]:
     return problems
 
 
-def _odd_batch_line(where: str, batch: int, workers: int, groups: range) -> str:
+def _odd_batch_line(where: str, batch: int, workers: int, groups: range, fix: str = "") -> str:
     """The problem line of an odd per-worker batch, with the multiple that is even per worker
-    at every group size in `groups`."""
+    at every group size in `groups`; `fix` (given the multiple) says how to get one."""
     multiple = math.lcm(*(2 * size for size in groups))
     elastic = " (even per worker at every group size scaling.num_workers allows)"
     return (
         f"{where}: mixup pairs each sample with another of its worker's batch and needs an "
         f"even per-worker batch, but {batch} over {workers} workers gives {batch // workers}; "
-        f"use a multiple of {multiple}" + (elastic if len(groups) > 1 else "")
+        f"use a multiple of {multiple}"
+        + (elastic if len(groups) > 1 else "")
+        + fix.format(multiple=multiple, below=batch - batch % multiple)
     )
 
 
@@ -122,15 +124,14 @@ def plan_problems(plan: Plan, cutmix_minmax: tuple[float, float] | None) -> list
     for stage in plan.stages:
         for workers in groups:
             if stage.global_batch % workers == 0 and (stage.global_batch // workers) % 2:
-                where = (
-                    "train.global_batch_size"
-                    if len(plan.stages) == 1
-                    else (
-                        f"curriculum: stage {stage.index}'s batch (curriculum.max_global_batch or "
-                        "the stage's global_batch_size)"
+                where, fix = "train.global_batch_size", ""
+                if len(plan.stages) > 1:
+                    where = f"curriculum: stage {stage.index}'s batch"
+                    fix = (
+                        " (e.g. curriculum.max_global_batch: {below} caps the Early-Large-Batch "
+                        "batches there, or set the stage's global_batch_size)"
                     )
-                )
-                problems.append(_odd_batch_line(where, stage.global_batch, workers, groups))
+                problems.append(_odd_batch_line(where, stage.global_batch, workers, groups, fix))
                 break
         if cutmix_minmax is not None:
             low, high = (int(stage.resolution_px * f) for f in cutmix_minmax)
