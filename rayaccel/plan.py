@@ -35,6 +35,7 @@ from rayaccel.core.schedules import lr_multiplier
 from rayaccel.methods.etpp import curriculum as etpp
 from rayaccel.methods.etpp.config import EtppCurriculum
 from rayaccel.methods.infobatch.scores import first_full_epoch
+from rayaccel.methods.mixup.config import plan_problems as mixup_plan_problems
 from rayaccel.methods.progressive.config import ProgressiveCurriculum, progressive_settings
 from rayaccel.methods.progressive.stages import progressive_stages
 
@@ -291,6 +292,10 @@ def make_plan(job: JobConfig, *, train_samples: int) -> Plan:
         plan = replace(plan, min_workers=scaling.min_workers)
         for world_size in range(scaling.min_workers, scaling.max_workers):
             plan.for_world_size(world_size)  # raises PlanError if a group size cannot train
+    if job.mixup is not None:
+        problems = mixup_plan_problems(plan, job.mixup.cutmix_minmax)
+        if problems:
+            raise PlanError(problems[0])
     if job.infobatch is None:
         return plan
     return replace(

@@ -33,12 +33,12 @@ Data runs one decode call at a time per worker process).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import random
 from typing import Literal
 
 import numpy as np
+
+from rayaccel.core.seeds import seeded_global_rngs
 
 IMPLS = ("timm", "torchvision")
 MAX_MAGNITUDE = 10
@@ -95,20 +95,6 @@ def rand_augment(
     if impl == "torchvision":
         return _torchvision_rand_augment(images_nhwc, magnitude, rng, group_size)
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-
-
-@contextlib.contextmanager
-def seeded_global_rngs(seed: int):
-    """Python's `random` and NumPy's legacy generator seeded with `seed` inside the block,
-    their previous states restored after it."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    random.seed(seed)
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
 
 
 def timm_transform(magnitude: float, channels: int, fill: tuple[int, ...] | None = None):

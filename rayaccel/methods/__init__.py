@@ -6,6 +6,8 @@
 - `progressive`: EfficientNetV2 progressive learning with adaptive regularisation.
 - `infobatch`: InfoBatch unbiased dynamic data pruning.
 - `agvm`: AGVM per-component learning-rate modulation for large batches.
+- `random_erasing`: timm's random erasing of the normalised inputs.
+- `mixup`: timm's Mixup and CutMix into soft targets.
 - `tricks`: the fast-training tricks of the CIFAR-10 speed records, one module each.
 
 Pure functions on tensors or arrays live beside each method's hook, so they can be tested

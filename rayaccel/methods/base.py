@@ -48,7 +48,8 @@ class StepBatch:
     indices: Tensor
     # Per-sample loss weights (InfoBatch's 1 or 1/(1-r)); None means all 1.
     weights: Tensor | None = None
-    # Soft (N, num_classes) targets replacing `labels` in the loss (mixup/cutmix); None: labels.
+    # Soft (N, num_classes) targets replacing `labels` in the loss (mixup/cutmix), the job's
+    # label smoothing already in them (the loss takes them as they are); None: `labels`.
     targets: Tensor | None = None
 
     def take(self, rows: Tensor) -> StepBatch:

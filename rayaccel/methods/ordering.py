@@ -16,6 +16,7 @@ from rayaccel.methods.base import Hook, MethodHooks, WorkerContext
 from rayaccel.methods.etpp.lowpass import LowPassCropHook
 from rayaccel.methods.etpp.replay import ReplayHook
 from rayaccel.methods.infobatch.hook import InfoBatchHook
+from rayaccel.methods.mixup.hook import MixupHook
 from rayaccel.methods.progressive.hook import RegularisationHook
 from rayaccel.methods.registry import method_spec
 from rayaccel.methods.tricks.frozen_bn import FrozenBnScaleHook
@@ -67,10 +68,11 @@ def lowpass_before_replay(hooks: list[Hook]) -> list[Hook]:
     return _before(hooks, LowPassCropHook, ReplayHook)
 
 
-def regularisation_after_replay(hooks: list[Hook]) -> list[Hook]:
-    """Mixup and cutmix run after the low-frequency crop and replay, so replayed samples meet
-    new partners instead of being stored mixed."""
-    return _after(hooks, RegularisationHook, (LowPassCropHook, ReplayHook))
+def mixing_after_replay(hooks: list[Hook]) -> list[Hook]:
+    """Mixup and cutmix (the `mixup:` section's and progressive learning's) run after the
+    low-frequency crop and replay, on the assembled batch, so replayed samples meet new
+    partners instead of being stored mixed."""
+    return _after(hooks, (MixupHook, RegularisationHook), (LowPassCropHook, ReplayHook))
 
 
 # The myrtle.ai recipe's order of its model transforms.
@@ -112,7 +114,7 @@ def infobatch_last(hooks: list[Hook]) -> list[Hook]:
 RULES: tuple[Rule, ...] = (
     augmentation_first,
     lowpass_before_replay,
-    regularisation_after_replay,
+    mixing_after_replay,
     model_transforms_in_recipe_order,
     agvm_splits_the_final_groups,
     infobatch_last,

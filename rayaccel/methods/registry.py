@@ -26,6 +26,7 @@ from rayaccel.methods.etpp.config import (
 )
 from rayaccel.methods.infobatch import config as infobatch
 from rayaccel.methods.infobatch.config import InfoBatchSection, infobatch_problems
+from rayaccel.methods.mixup import config as mixup
 from rayaccel.methods.progressive import config as progressive
 from rayaccel.methods.progressive.config import ProgressiveCurriculum, progressive_problems
 from rayaccel.methods.random_erasing import config as random_erasing
@@ -118,6 +119,22 @@ def _resolve(path: str) -> Callable:
     return getattr(importlib.import_module(module), attribute)
 
 
+def one_mixing_method(job: Any) -> list[str]:
+    """A job mixes its batches with the `mixup:` section or with a progressive curriculum's
+    scheduled alphas, never both: the second would mix already mixed inputs and targets."""
+    curriculum = job.curriculum
+    if job.mixup is None or not isinstance(curriculum, ProgressiveCurriculum):
+        return []
+    settings = progressive.progressive_settings(curriculum)
+    alphas = [settings[f"{name}_{end}"] for name in ("mixup", "cutmix") for end in ("start", "end")]
+    if max(alphas) == 0:
+        return []
+    return [
+        "mixup: the progressive curriculum already mixes (curriculum.mixup_alpha / "
+        "cutmix_alpha, or its release's); set those to [0, 0] or remove the mixup section"
+    ]
+
+
 METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "etpp",
@@ -153,6 +170,17 @@ METHODS: tuple[MethodSpec, ...] = (
         settings_type=progressive.ProgressiveSettings,
         hooks="rayaccel.methods.progressive.hook:hooks_for",
         model_kwargs=progressive.model_kwargs,
+    ),
+    MethodSpec(
+        "mixup",
+        key="mixup",
+        section=mixup.MixupSection,
+        checks=(mixup.mixup_problems, one_mixing_method),
+        segmentation=False,
+        summary="mixup and cutmix of the training batches into soft targets (timm)",
+        settings=mixup.worker_settings,
+        settings_type=mixup.MixupSettings,
+        hooks="rayaccel.methods.mixup.hook:hooks_for",
     ),
     MethodSpec(
         "ema",

@@ -483,7 +483,7 @@ class Trainer:
         with torch.no_grad():
             logits = torch.cat([o[0] for o in outputs])
             losses = torch.cat([o[1] for o in outputs])
-            correct, counted = self.task.correct(logits, labels)
+            correct, counted = self.task.correct(logits, labels, step_batch.targets)
             sums += torch.stack(
                 [
                     # The plain per-sample loss: method weights (InfoBatch) would inflate it

@@ -32,16 +32,25 @@ class ClassificationTask:
         self.num_classes = num_classes
 
     def losses(self, logits: Tensor, labels: Tensor, targets: Tensor | None, smoothing: float):
-        """Per-sample losses (N,); `targets` are soft labels (mixup/cutmix) or None."""
-        return F.cross_entropy(
-            logits.float(),
-            labels if targets is None else targets,
-            label_smoothing=smoothing,
-            reduction="none",
-        )
+        """Per-sample losses (N,): cross-entropy on `labels` smoothed by `smoothing`, or on
+        `targets`, soft labels (mixup/cutmix) that already carry the job's smoothing, as
+        they are (`sum(-target * log_softmax(logits))`, timm's `SoftTargetCrossEntropy` per
+        sample, so methods can still weight samples)."""
+        if targets is not None:
+            return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing, reduction="none")
 
-    def correct(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """(correct, counted) of a batch, as float64 scalars on the logits' device."""
+    def correct(
+        self, logits: Tensor, labels: Tensor, targets: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(correct, counted) of a batch, as float64 scalars on the logits' device.
+
+        With soft `targets` (a mixed batch) a prediction is right when it is the target's
+        dominant label, the one with the largest weight: the sample's own label while its
+        share is above one half (lambda, or the CutMix box's complement), else its partner's.
+        """
+        if targets is not None:
+            labels = targets.argmax(1)
         correct = (logits.argmax(1) == labels).sum().double()
         return correct, torch.tensor(labels.numel(), dtype=torch.float64, device=logits.device)
 
@@ -75,8 +84,11 @@ class SegmentationTask:
             raise ValueError("segmentation takes per-pixel labels, not soft (mixup) targets")
         return per_sample_pixel_losses(logits, labels, label_smoothing=smoothing)
 
-    def correct(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """(correct pixels, counted pixels) of a batch, as float64 scalars."""
+    def correct(
+        self, logits: Tensor, labels: Tensor, targets: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(correct pixels, counted pixels) of a batch, as float64 scalars (segmentation
+        batches are never mixed: `targets` is always None)."""
         valid = labels != IGNORE_INDEX
         correct = ((logits.argmax(1) == labels) & valid).sum().double()
         return correct, valid.sum().double()

@@ -50,6 +50,7 @@ CANONICAL: dict[str, dict] = {
         }
     },
     "random_erasing": {"random_erasing": {"probability": 0.5, "max_count": 2}},
+    "mixup": {"mixup": {"mixup_alpha": 0.8, "cutmix_alpha": 1.0}},
     "ema": {"tricks": {"ema": {"every_steps": 1}}},
     "tta": {"tricks": {"tta": {"flip": True, "translate_px": 2}}},
     "ghost_bn": {"tricks": {"ghost_bn": {"virtual_batch_size": 8}}},

@@ -1,8 +1,8 @@
 """The fast-training recipe and progressive learning end to end, through real Ray Train.
 
 `jobs/fashion-mnist-fast.yaml` on the bundled fixture in `data.mode: device` (every trick on,
-no Ray Data pass for training), and a 2-stage progressive curriculum through Ray Data's
-per-stage resize, both with 2 workers.
+plus mixup and CutMix, no Ray Data pass for training), and a 2-stage progressive curriculum
+through Ray Data's per-stage resize, both with 2 workers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ def test_fast_recipe_trains_in_device_mode_with_every_trick(ray_session, tmp_pat
     job["train"].update(epochs=3, log_every_steps=100)
     job["train"]["schedule"]["points"] = [[0, 0.1], [1, 1], [3, 0]]
     job["data"]["augment"]["cutout_px"] = 4  # exercised too, though off in the shipped job
+    # Mixup and CutMix on the device-resident batches, switched off for the last epoch.
+    job["mixup"] = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "off_epoch": 2}
     path = write_job(tmp_path, job, "fast")
 
     assert main(["run", str(path)]) == 0
@@ -33,6 +35,7 @@ def test_fast_recipe_trains_in_device_mode_with_every_trick(ray_session, tmp_pat
     assert all(r["val_images"] == 1000 for r in rows)
     # EMA (with its warmup) every 5 of 45 steps: 9 updates; evaluated with TTA.
     assert [r["ema/updates"] for r in rows] == [3, 6, 9]
+    assert [r["mixup/active"] for r in rows] == [1.0, 1.0, 0.0]
     assert summary["final_val_acc"] > 0.7, rows
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 

@@ -9,6 +9,8 @@ from rayaccel.methods.agvm.hook import AgvmHook
 from rayaccel.methods.etpp.lowpass import LowPassCropHook
 from rayaccel.methods.etpp.replay import ReplayHook
 from rayaccel.methods.infobatch.hook import InfoBatchHook
+from rayaccel.methods.mixup.config import MixupSettings
+from rayaccel.methods.mixup.hook import MixupHook
 from rayaccel.methods.progressive.hook import RegularisationHook
 from rayaccel.methods.tricks.ema import EmaHook
 from rayaccel.methods.tricks.frozen_bn import FrozenBnScaleHook
@@ -25,7 +27,10 @@ def _hooks() -> dict[str, object]:
         "augment": WorkerAugmentHook(flip="random", seed=0, flip_seed=0, device=CPU),
         "lowpass": LowPassCropHook("fft"),
         "replay": ReplayHook(capacity_samples=8, dtype=torch.uint8, device=CPU, seed=0),
-        "mixup": RegularisationHook(num_classes=10, seed=0),
+        "mixup": RegularisationHook(num_classes=10, label_smoothing=0.1, seed=0),
+        "timm_mixup": MixupHook(
+            MixupSettings(1.0, 1.0, None, 1.0, 0.5, "batch", True, 0.1, 10, None), seed=0
+        ),
         "ema": EmaHook(momentum=0.9, every_steps=1, warmup="timm"),
         "dirac": DiracInitHook(),
         "whitening": WhiteningHook(patch_size=3, eps=0.01, sample_images=8, training_images=None),
@@ -75,15 +80,20 @@ def test_lowpass_before_replay():
     ]
 
 
-def test_regularisation_after_replay_and_the_crop():
-    assert _apply(ordering.regularisation_after_replay, ["mixup", "lowpass", "replay", "ema"]) == [
+def test_mixing_after_replay_and_the_crop():
+    assert _apply(ordering.mixing_after_replay, ["mixup", "lowpass", "replay", "ema"]) == [
         "lowpass",
         "replay",
         "mixup",
         "ema",
     ]
+    assert _apply(ordering.mixing_after_replay, ["timm_mixup", "replay", "ema"]) == [
+        "replay",
+        "timm_mixup",
+        "ema",
+    ]
     # Already after them: left where it is.
-    assert _apply(ordering.regularisation_after_replay, ["replay", "ema", "mixup"]) == [
+    assert _apply(ordering.mixing_after_replay, ["replay", "ema", "mixup"]) == [
         "replay",
         "ema",
         "mixup",

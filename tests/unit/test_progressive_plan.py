@@ -162,7 +162,7 @@ def test_timm_drop_path_is_built_at_the_largest_rate_and_set_per_stage():
     plan, spec = build_run(job)
     assert spec.model.kwargs == {"drop_path_rate": 0.2}
     model = build_model("resnet18", num_classes=10, in_chans=1, **spec.model.kwargs)
-    hook = RegularisationHook(num_classes=10, seed=0)
+    hook = RegularisationHook(num_classes=10, label_smoothing=0.1, seed=0)
     hook.attach(model)
     drop_paths = [m for m in model.modules() if type(m).__name__ == "DropPath"]
     hook.on_stage_start(plan.stages[0])

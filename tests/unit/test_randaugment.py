@@ -12,9 +12,10 @@ from helpers import FIXTURE_TRAIN
 from PIL import Image
 from timm.data import auto_augment
 
+from rayaccel.core.seeds import seeded_global_rngs
 from rayaccel.data.codec import decode_image
 from rayaccel.data.pipeline import DecodeSpec
-from rayaccel.data.randaugment import rand_augment, seeded_global_rngs, timm_transform
+from rayaccel.data.randaugment import rand_augment, timm_transform
 
 FILL_GREY = (74,)  # the fixture's mean pixel, what the training pipeline passes
 FILL_RGB = (74, 100, 128)

@@ -150,15 +150,24 @@ def progressive_problems(job: JobConfig) -> list[str]:
 
 @dataclass(frozen=True)
 class ProgressiveSettings:
-    """What a worker needs of progressive learning (each stage's strengths are in the plan)."""
+    """What a worker needs of progressive learning (each stage's strengths are in the plan).
+
+    Attributes:
+        num_classes: Width of the mixed targets.
+        label_smoothing: The job's `train.label_smoothing`: mixed targets carry it (the loss
+            takes soft targets as they are).
+    """
 
     num_classes: int
+    label_smoothing: float
 
 
 def worker_settings(job: JobConfig, plan: Plan) -> ProgressiveSettings | None:
     if not isinstance(job.curriculum, ProgressiveCurriculum):
         return None
-    return ProgressiveSettings(num_classes=job.data.num_classes)
+    return ProgressiveSettings(
+        num_classes=job.data.num_classes, label_smoothing=job.train.label_smoothing
+    )
 
 
 def model_kwargs(job: JobConfig, plan: Plan) -> dict[str, Any]:
