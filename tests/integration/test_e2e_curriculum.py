@@ -88,3 +88,34 @@ def test_curriculum_on_device_resident_data_down_samples_on_the_workers(ray_sess
     assert all(r["val_images"] == 1000 for r in rows)
     assert summary["eval_resolution_px"] == 28
     assert summary["final_val_acc"] > 0.3  # 10 classes; chance is 0.1
+
+
+def test_curriculum_crops_to_each_stage_and_mixes(ray_session, tmp_path, capsys):
+    """RandomResizedCrop straight to each stage's px (a 14-px stage decodes, crops and
+    augments 14-px images) with Mixup/CutMix on the workers, through Ray Data and Ray Train."""
+    job = read_job("quickstart-etpp.yaml")
+    job["data"]["augment"] = {
+        "random_resized_crop": {"scale": [0.35, 1.0], "resize_to": "stage"},
+        "horizontal_flip": True,
+    }
+    job["mixup"] = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "switch_prob": 0.5}
+    job["train"].update(epochs=2, log_every_steps=100)
+    job["train"]["schedule"]["warmup_epochs"] = 0.2
+    # Stage batches 128 * (28/14)^2 = 512 and 128: even per worker, as Mixup needs.
+    job["curriculum"].update(
+        budget_epochs=1.0,
+        stages=[
+            {"resolution_px": 14, "randaug_magnitude": 2},
+            {"resolution_px": 28, "randaug_magnitude": 4},
+        ],
+    )
+    job_path = write_job(tmp_path, job, "etpp-rrc-mixup")
+    assert main(["plan", str(job_path)]) == 0
+    assert "RandomResizedCrop scale [0.35, 1.0]" in capsys.readouterr().out
+    assert main(["run", str(job_path)]) == 0
+    rows = read_metrics(tmp_path / "etpp-rrc-mixup")
+    assert [r["resolution_px"] for r in rows][0] == 14 and rows[-1]["resolution_px"] == 28
+    assert all(r["mixup/active"] == 1 for r in rows)
+    assert all(r["bad_rows_skipped"] == 0 for r in rows)
+    summary = read_summary(tmp_path / "etpp-rrc-mixup")
+    assert summary["final_val_acc"] > 0.2, summary  # 10 classes; chance is 0.1

@@ -151,3 +151,68 @@ def test_s3_uris_for_data_and_run_folder(moto_s3, tmp_path):
     assert row["val_images"] == 1000
     listing = s3.get_file_info(pafs.FileSelector("rayaccel/runs/s3run"))
     assert any(info.base_name.startswith("checkpoint_") for info in listing), listing
+
+
+@pytest.mark.ray
+def test_s3_photo_preparation_output(moto_s3, tmp_path):
+    """`rayaccel data prepare imagefolder` writes its shards and metadata to S3, and a run
+    trains from them."""
+    import io
+
+    import numpy as np
+    import pyarrow.fs as pafs
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 24), ("val", 8)):
+        for label in ("a", "b"):
+            folder = tmp_path / "photos" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 80, size=(40, 56, 3)) + (150 if label == "b" else 0)
+                buffer = io.BytesIO()
+                Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG")
+                (folder / f"{i}.jpg").write_bytes(buffer.getvalue())
+    s3 = pafs.S3FileSystem(
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        scheme="http",
+        endpoint_override=moto_s3["AWS_ENDPOINT_URL"].removeprefix("http://"),
+        allow_bucket_creation=True,
+    )
+    s3.create_dir("photos")
+    env = {**moto_s3, "RAY_ADDRESS": "local"}
+    prepare = [sys.executable, "-m", "rayaccel", "data", "prepare", "imagefolder"]
+    done = subprocess.run(
+        [*prepare, str(tmp_path / "photos"), "s3://photos/shards", "--rows-per-shard", "16"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with s3.open_input_stream("photos/shards/train/metadata.json") as stream:
+        meta = json.loads(stream.read())
+    assert meta["count"] == 48 and len(meta["shards"]) == 3
+    overrides = [
+        "data.train=s3://photos/shards/train",
+        "data.val=s3://photos/shards/val",
+        "data.image_size_px=32",
+        "data.augment.random_crop_padding_px=0",
+        "data.augment.random_resized_crop={}",
+        "train.global_batch_size=16",
+        f"run.storage_path={tmp_path / 'runs'}",
+        "run.name=s3photos",
+        *ONE_EPOCH,
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "rayaccel", "run", QUICKSTART, *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (row,) = read_metrics(tmp_path / "runs" / "s3photos")
+    assert row["val_images"] == 16 and row["bad_rows_skipped"] == 0
