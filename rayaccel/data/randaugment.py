@@ -240,10 +240,18 @@ def _policy_transform(policy: str, channels: int, fill: tuple[int, ...] | None):
         "interpolation": Image.Resampling.BICUBIC,
     }
     if policy.startswith("rand"):
-        return rand_augment_transform(policy, hparams)
-    if policy.startswith("augmix"):
-        return augment_and_mix_transform(policy, hparams)
-    return auto_augment_transform(policy, hparams)
+        transform = rand_augment_transform(policy, hparams)
+        ops = transform.ops
+    elif policy.startswith("augmix"):
+        transform = augment_and_mix_transform(policy, hparams)
+        ops = transform.ops
+    else:
+        transform = auto_augment_transform(policy, hparams)
+        ops = [op for sub_policy in transform.policy for op in sub_policy]
+    for op in ops:
+        if op.name.startswith("Posterize"):
+            op.aug_fn = _posterize  # keeps 0 bits as black instead of raising (see there)
+    return transform
 
 
 def apply_policy(

@@ -228,3 +228,17 @@ def test_the_order_is_a_function_of_seed_and_epoch():
     assert len({frozenset(s) for s in starts.values()}) > 1
     # Evaluation reads the stored order.
     assert order.windows(None) == sorted(order.windows(None))
+
+
+# ------------------------------------------------------------------ augmentation policies
+@pytest.mark.parametrize(
+    "policy", ["rand-m10-mstd0.5-inc1", "augmix-m5-w4-d2", "original", "trivialaugment"]
+)
+def test_policies_are_reproducible_and_survive_their_strongest_draws(policy):
+    from rayaccel.data.randaugment import apply_policy
+
+    images = np.random.default_rng(0).integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+    # timm's posterize reaches 0 bits at magnitude 10, which Pillow >= 10 refuses.
+    outputs = [apply_policy(images, policy, np.random.default_rng(seed)) for seed in range(12)]
+    assert np.array_equal(outputs[0], apply_policy(images, policy, np.random.default_rng(0)))
+    assert not np.array_equal(outputs[0], images)
