@@ -46,11 +46,12 @@ def start_ray(num_cpus: int = 2) -> None:
     """
     import ray
 
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()
-        else:
-            ray.init(address="local", num_cpus=num_cpus)
+    from rayaccel.data.cluster import connect_ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        connect_ray()
+    else:
+        connect_ray(address="local", num_cpus=num_cpus)
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 

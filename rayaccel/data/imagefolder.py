@@ -41,6 +41,7 @@ import pyarrow.fs as pafs
 
 from rayaccel.core.storage import absolute_location, resolve_path
 from rayaccel.data import formats
+from rayaccel.data.cluster import connect_ray
 from rayaccel.data.image_shard import (
     ShardError,
     ShardOptions,
@@ -451,7 +452,7 @@ def _connect_ray() -> None:
     if ray.is_initialized():
         return
     try:
-        ray.init(log_to_driver=False, logging_level=logging.ERROR)
+        connect_ray(log_to_driver=False, logging_level=logging.ERROR)
     except ConnectionError as error:
         where = os.environ.get("RAY_ADDRESS")
         target = f"RAY_ADDRESS={where}" if where else "the Ray cluster running on this machine"

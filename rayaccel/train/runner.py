@@ -33,6 +33,7 @@ from rayaccel.config.job import TimmModel
 from rayaccel.core.compute import pixel_compute
 from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.storage import RunFolder
+from rayaccel.data.cluster import connect_ray
 from rayaccel.data.folder import list_folder, read_split_meta
 from rayaccel.data.pipeline import (
     BAD_ROW_MARK,
@@ -164,8 +165,7 @@ def run_job(
     folder.write_text("plan.json", json.dumps(plan.to_dict(), indent=2) + "\n")
     print(f"[rayaccel] run folder: {folder.location}", flush=True)
 
-    if not ray.is_initialized():
-        ray.init()
+    connect_ray()
     # Ray Data's per-operator progress bars interleave with the epoch lines; the loop's own
     # progress line says what a user needs (set before the trainer copies the context).
     ray.data.DataContext.get_current().enable_progress_bars = False

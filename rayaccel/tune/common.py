@@ -20,6 +20,7 @@ from ray import tune
 from rayaccel.config import ConfigError, JobConfig, parse_job, read_yaml, resolve_data_facts
 from rayaccel.core.records import EpochRecord
 from rayaccel.core.storage import absolute_location
+from rayaccel.data.cluster import connect_ray
 from rayaccel.train.runner import free_placement_group, run_job
 from rayaccel.tune.spec import TrialResources
 
@@ -120,8 +121,7 @@ def run_tuner(
     """
     import ray
 
-    if not ray.is_initialized():
-        ray.init()
+    connect_ray()
     problem = concurrency_problem(
         ray.cluster_resources().get("CPU", 0), max_concurrent_trials, trial_cpus
     )
