@@ -27,15 +27,26 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.fs as pafs
+import torch
+from PIL import Image
 
 from rayaccel.core.storage import resolve_path
 from rayaccel.data.codec import decode_image
 from rayaccel.data.folder import read_files
 from rayaccel.data.metadata import TASKS, ShardSetMeta
-from rayaccel.data.randaugment import IMPLS, apply_policy, changes_images, rand_augment
+from rayaccel.data.randaugment import (
+    IMPLS,
+    apply_policy,
+    changes_images,
+    policy_transform,
+    rand_augment,
+    seeded_global_rngs,
+    timm_transform,
+)
 from rayaccel.data.transforms import (
     DEFAULT_RATIO,
     crop_and_resize,
+    crop_and_resize_image,
     eval_crop,
     open_image,
     rrc_boxes,
@@ -166,8 +177,39 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
         # whether another row of its batch was bad.
         sizes = np.array([image.size if image else (1, 1) for image in opened]).reshape(-1, 2)
         boxes = rrc_boxes(sizes[:, 0], sizes[:, 1], spec.rrc_scale, spec.rrc_ratio, rng)
+    photo = _photo_path(spec)
+    if photo is not None:
+        # Crop, flip and augment each photo as a PIL image, converted to pixels once: the
+        # draws are those of the array path below, in the same order, so both give the
+        # same pixels (a test compares them); this one skips two conversions per image.
+        flip = rng.random(count) < 0.5 if spec.horizontal_flip else np.zeros(count, bool)
+        transform = photo(spec)
+        seed = int(rng.integers(2**32)) if transform is not None else 0
+        # Seeded as `rand_augment` and `apply_policy` seed them (torchvision's ops draw
+        # from torch's generator).
+        with seeded_global_rngs(seed), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for row in range(count):
+                if reasons[row] is None:
+                    try:
+                        image = crop_and_resize_image(
+                            opened[row],
+                            boxes[row],
+                            (size, size),
+                            spec.channels,
+                            reduced_decode=spec.reduced_decode,
+                        )
+                    except ValueError as err:
+                        reasons[row] = str(err)
+                if reasons[row] is not None:
+                    continue
+                if flip[row]:
+                    image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                if transform is not None:
+                    image = transform(image)
+                images[row] = np.asarray(image).reshape(size, size, spec.channels)
     for row in range(count):
-        if reasons[row] is None:
+        if reasons[row] is None and photo is None:
             try:
                 if segmentation:
                     images[row] = _decode_segmentation_row(batch, row, spec)
@@ -183,6 +225,8 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
             images[row] = 0
             bad[row] = 1
             labels[row] = 0
+    if photo is not None:
+        return _batch_out(images, labels, indices, bad, None, batch, spec, size)
     if spec.random_crop_padding_px:
         images = random_crop(images, spec.random_crop_padding_px, rng)
     if spec.horizontal_flip:
@@ -201,6 +245,29 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
         )
     if spec.augment_policy is not None:
         images = apply_policy(images, spec.augment_policy, rng, fill=spec.randaug_fill)
+    return _batch_out(images, labels, indices, bad, masks, batch, spec, size)
+
+
+def _photo_path(spec: DecodeSpec):
+    """How `decode_batch` augments a RandomResizedCrop row as a PIL image (a function of
+    the spec giving the transform, or giving None for none), or None where the array path
+    must run: a padded crop, segmentation, two PIL transforms, or torchvision's
+    RandAugment, which works on the whole batch."""
+    if spec.rrc_scale is None or spec.random_crop_padding_px or spec.task != "classification":
+        return None
+    if spec.augments and spec.augment_policy is not None:
+        return None
+    if spec.augments:
+        if spec.randaug_impl != "timm":
+            return None
+        return lambda s: timm_transform(s.randaug_magnitude, s.channels, s.randaug_fill)
+    if spec.augment_policy is not None:
+        return lambda s: policy_transform(s.augment_policy, s.channels, s.randaug_fill)
+    return lambda s: None
+
+
+def _batch_out(images, labels, indices, bad, masks, batch, spec: DecodeSpec, size: int) -> dict:
+    """The decoded batch as the workers receive it, down-sampled to the stage's size."""
     if spec.output_size_px is not None and spec.output_size_px != size:
         images = resize_antialias(images, spec.output_size_px)
         if masks is not None:

@@ -164,13 +164,28 @@ def crop_and_resize(
     *,
     reduced_decode: bool,
 ) -> np.ndarray:
+    """`crop_and_resize_image` as a (height, width, channels) uint8 array."""
+    pixels = np.asarray(
+        crop_and_resize_image(image, box, output_px, channels, reduced_decode=reduced_decode)
+    )
+    return pixels.reshape(output_px[1], output_px[0], channels)
+
+
+def crop_and_resize_image(
+    image: Image.Image,
+    box: Box,
+    output_px: tuple[int, int],
+    channels: int,
+    *,
+    reduced_decode: bool,
+) -> Image.Image:
     """`box` of a lazily opened image, resampled (bilinear, antialiased) to `output_px`.
 
     Args:
         image: From `open_image`, not yet decoded.
         box: The crop in the image's full-size pixels.
         output_px: (width, height) of the result.
-        channels: 1 or 3; the result is (height, width, channels) uint8.
+        channels: 1 or 3: the result's mode is "L" or "RGB".
         reduced_decode: Let a JPEG decode at the smallest DCT scale that still covers the
             crop at the output size (see the module docstring).
 
@@ -206,10 +221,9 @@ def crop_and_resize(
             )
             region = image.crop(outer)
             inner = tuple(edge - outer[i % 2] for i, edge in enumerate(edges))
-        pixels = np.asarray(region.resize(output_px, Image.Resampling.BILINEAR, box=inner))
+        return region.resize(output_px, Image.Resampling.BILINEAR, box=inner)
     except OSError as error:
         raise ValueError(f"not a decodable image ({error})") from error
-    return pixels.reshape(output_px[1], output_px[0], channels)
 
 
 def eval_crop(

@@ -242,3 +242,46 @@ def test_policies_are_reproducible_and_survive_their_strongest_draws(policy):
     outputs = [apply_policy(images, policy, np.random.default_rng(seed)) for seed in range(12)]
     assert np.array_equal(outputs[0], apply_policy(images, policy, np.random.default_rng(0)))
     assert not np.array_equal(outputs[0], images)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"augment_policy": "rand-m9-mstd0.5-inc1"},
+        {"randaug_impl": "timm", "randaug_magnitude": 6.0},
+        {"augment_policy": "trivialaugment", "output_size_px": 24},
+    ],
+)
+def test_the_photo_path_gives_the_array_paths_pixels(monkeypatch, extra):
+    """RandomResizedCrop rows are augmented as PIL images; forcing the general array path
+    (crop to pixels, flip the batch, augment the batch) must give the very same batch."""
+    import rayaccel.data.pipeline as pipeline
+
+    rows = [_photo(300 + 20 * i, 220 + 10 * i, seed=i) for i in range(6)]
+    batch = {
+        "image": np.array(rows, dtype=object),
+        "label": np.arange(6) % 3,
+        "index": np.arange(6),
+    }
+    spec = DecodeSpec(
+        image_size_px=48,
+        channels=3,
+        num_classes=3,
+        on_bad_row="fail",
+        horizontal_flip=True,
+        rrc_scale=DEFAULT_SCALE,
+        randaug_fill=(120, 110, 100),
+        **extra,
+    )
+    assert pipeline._photo_path(spec) is not None
+    photo = decode_batch(batch, spec, np.random.default_rng(5))
+    monkeypatch.setattr(pipeline, "_photo_path", lambda spec: None)
+    general = decode_batch(batch, spec, np.random.default_rng(5))
+    assert np.array_equal(photo["image"], general["image"])
+    assert photo["image"].shape == (
+        6,
+        3,
+        extra.get("output_size_px", 48),
+        extra.get("output_size_px", 48),
+    )
