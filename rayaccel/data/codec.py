@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 ENCODINGS = ("png", "jpeg")
-_MODE_BY_CHANNELS = {1: "L", 3: "RGB"}
+MODE_BY_CHANNELS = {1: "L", 3: "RGB"}
 
 
 def encode_image(pixels: np.ndarray, encoding: str = "png", jpeg_quality: int = 90) -> bytes:
@@ -66,18 +66,30 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
     Raises:
         ValueError: if ``data`` is empty, not an image, or truncated.
     """
-    mode = _MODE_BY_CHANNELS.get(channels)
+    mode = MODE_BY_CHANNELS.get(channels)
     if mode is None:
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if not data:
-        raise ValueError("not a decodable image (empty bytes)")
+    image = open_image(data)
     try:
-        image = Image.open(io.BytesIO(data))
         if image.mode != mode:
             image = image.convert(mode)
         pixels = np.asarray(image)
+    except OSError as error:
+        raise ValueError(f"not a decodable image ({error})") from error
+    return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """A lazily decoded image (only the header is read until its pixels are needed).
+
+    Raises:
+        ValueError: if ``data`` is empty or not an image.
+    """
+    if not data:
+        raise ValueError("not a decodable image (empty bytes)")
+    try:
+        return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ValueError("not a decodable image (cannot identify image file)") from None
     except OSError as error:
         raise ValueError(f"not a decodable image ({error})") from error
-    return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from rayaccel.core.storage import resolve_path
-from rayaccel.data.codec import decode_image
+from rayaccel.data.codec import MODE_BY_CHANNELS, decode_image, open_image
 from rayaccel.data.folder import read_files
 from rayaccel.data.metadata import TASKS, ShardSetMeta
 from rayaccel.data.randaugment import (
@@ -48,13 +48,11 @@ from rayaccel.data.transforms import (
     crop_and_resize,
     crop_and_resize_image,
     eval_crop,
-    open_image,
     rrc_boxes,
 )
 from rayaccel.methods.etpp.frequency import resize_antialias
 
 BAD_ROW_MARK = "rayaccel bad data row"
-_MODE_BY_CHANNELS = {1: "L", 3: "RGB"}
 
 
 class BadRowError(ValueError):
@@ -295,7 +293,7 @@ def _geometry(image, box, spec: DecodeSpec) -> np.ndarray:
             image, box, (size, size), spec.channels, reduced_decode=spec.reduced_decode
         )
     if image.size == (size, size):
-        mode = _MODE_BY_CHANNELS[spec.channels]
+        mode = MODE_BY_CHANNELS[spec.channels]
         try:
             pixels = np.asarray(image if image.mode == mode else image.convert(mode))
         except OSError as error:

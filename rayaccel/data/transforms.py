@@ -22,12 +22,13 @@ formats (PNG) decode at full size.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from rayaccel.data.codec import MODE_BY_CHANNELS
 
 # torchvision's and timm's RandomResizedCrop defaults.
 DEFAULT_SCALE = (0.08, 1.0)
@@ -36,7 +37,6 @@ DEFAULT_RATIO = (3 / 4, 4 / 3)
 RRC_ATTEMPTS = 10
 # timm's evaluation crop for models whose pretrained config names none.
 DEFAULT_CROP_PCT = 0.875
-MODE_BY_CHANNELS = {1: "L", 3: "RGB"}
 
 
 @dataclass(frozen=True)
@@ -140,22 +140,6 @@ def eval_geometry(width_px: int, height_px: int, size_px: int, crop_pct: float):
     return resized, (left, top, left + size_px, top + size_px)
 
 
-def open_image(data: bytes) -> Image.Image:
-    """A lazily decoded image (only the header is read until its pixels are needed).
-
-    Raises:
-        ValueError: if ``data`` is empty or not an image.
-    """
-    if not data:
-        raise ValueError("not a decodable image (empty bytes)")
-    try:
-        return Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ValueError("not a decodable image (cannot identify image file)") from None
-    except OSError as error:
-        raise ValueError(f"not a decodable image ({error})") from error
-
-
 def crop_and_resize(
     image: Image.Image,
     box: Box,
@@ -182,7 +166,7 @@ def crop_and_resize_image(
     """`box` of a lazily opened image, resampled (bilinear, antialiased) to `output_px`.
 
     Args:
-        image: From `open_image`, not yet decoded.
+        image: From `codec.open_image`, not yet decoded.
         box: The crop in the image's full-size pixels.
         output_px: (width, height) of the result.
         channels: 1 or 3: the result's mode is "L" or "RGB".

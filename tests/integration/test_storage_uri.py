@@ -100,19 +100,26 @@ def moto_s3(tmp_path):
         log.close()
 
 
+def _s3_filesystem(env: dict):
+    """pyarrow's S3 filesystem on the moto server of `env` (the `moto_s3` fixture's)."""
+    import pyarrow.fs as pafs
+
+    return pafs.S3FileSystem(
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        scheme="http",
+        endpoint_override=env["AWS_ENDPOINT_URL"].removeprefix("http://"),
+        allow_bucket_creation=True,
+    )
+
+
 @pytest.mark.ray
 def test_s3_uris_for_data_and_run_folder(moto_s3, tmp_path):
     """A whole run against S3: data read by Ray Data, checkpoints and metrics written back."""
     import pyarrow.fs as pafs
 
-    s3 = pafs.S3FileSystem(
-        access_key="testing",
-        secret_key="testing",
-        region="us-east-1",
-        scheme="http",
-        endpoint_override=moto_s3["AWS_ENDPOINT_URL"].removeprefix("http://"),
-        allow_bucket_creation=True,
-    )
+    s3 = _s3_filesystem(moto_s3)
     s3.create_dir("rayaccel")
     for split, folder in (("train", FIXTURE_TRAIN), ("test", FIXTURE_TEST)):
         pafs.copy_files(
@@ -160,7 +167,6 @@ def test_s3_photo_preparation_output(moto_s3, tmp_path):
     import io
 
     import numpy as np
-    import pyarrow.fs as pafs
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -173,14 +179,7 @@ def test_s3_photo_preparation_output(moto_s3, tmp_path):
                 buffer = io.BytesIO()
                 Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG")
                 (folder / f"{i}.jpg").write_bytes(buffer.getvalue())
-    s3 = pafs.S3FileSystem(
-        access_key="testing",
-        secret_key="testing",
-        region="us-east-1",
-        scheme="http",
-        endpoint_override=moto_s3["AWS_ENDPOINT_URL"].removeprefix("http://"),
-        allow_bucket_creation=True,
-    )
+    s3 = _s3_filesystem(moto_s3)
     s3.create_dir("photos")
     env = {**moto_s3, "RAY_ADDRESS": "local"}
     prepare = [sys.executable, "-m", "rayaccel", "data", "prepare", "imagefolder"]

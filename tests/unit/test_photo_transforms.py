@@ -13,6 +13,7 @@ from timm.data import create_transform
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import functional as F
 
+from rayaccel.data.codec import open_image
 from rayaccel.data.pipeline import DecodeSpec, EpochOrder, decode_batch
 from rayaccel.data.transforms import (
     DEFAULT_RATIO,
@@ -20,7 +21,6 @@ from rayaccel.data.transforms import (
     Box,
     crop_and_resize,
     eval_crop,
-    open_image,
     rrc_boxes,
 )
 
