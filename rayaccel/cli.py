@@ -7,7 +7,6 @@ training run exits with status 1 and its root cause.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 
@@ -70,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--show-job", action="store_true", help="also print the resolved job, after the plan"
     )
-    job_command("run", _run, "train a job on the connected (or a new local) Ray cluster")
+    run = job_command("run", _run, "train a job on the connected (or a new local) Ray cluster")
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's own output on the console (it always goes to ray.log in the "
+        "run folder)",
+    )
 
     from rayaccel.submit import add_submit_arguments
 
@@ -180,14 +185,12 @@ def _run(args) -> int:
     job = _load(args, plan_only=False).job
     _check_model(job, args.job)
     try:
-        summary = run_job(job)
+        run_job(job, console=True, verbose=args.verbose)
     except PlanError as err:
         raise ConfigError([f"{args.job}: {err}"]) from None
     except RunFailed as err:
         print(f"rayaccel: run failed: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, indent=2))
-    print(f"[rayaccel] results in {summary['run_folder']}")
     return 0
 
 

@@ -27,6 +27,7 @@ import ray.train.torch
 import torch
 
 from rayaccel.core.distributed import all_reduce_sum, barrier
+from rayaccel.core.events import event_line, format_duration
 from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.seeds import worker_seed
 from rayaccel.data.device import DeviceDataset, load_device_dataset, load_rows
@@ -302,7 +303,12 @@ class Trainer:
     def fit(self) -> dict:
         """Every epoch of the plan from the restored one, each reported to Ray Train."""
         loop = self.spec.loop
-        progress = _Progress(self.plan, enabled=self.rank == 0, every_steps=loop.log_every_steps)
+        progress = _Progress(
+            self.plan,
+            enabled=self.rank == 0,
+            every_steps=loop.log_every_steps,
+            events=loop.console_events,
+        )
         end_epoch = loop.stop_epoch or self.plan.total_epochs
         runtime = ray.get_runtime_context()
         for epoch in range(self.state.next_epoch, end_epoch):
@@ -593,55 +599,85 @@ def evaluate(
 
 
 class _Progress:
-    """Rank 0's progress line: epoch, step, loss, images/s and the ETA of the whole plan.
+    """Rank 0's progress: epoch, step, loss, images/s and the ETA of the whole plan.
 
-    The ETA extrapolates the compute fraction done per second, so it stays right across
-    stages whose steps differ in resolution and batch size.
+    The ETA extrapolates the plan's compute fraction done per second of steady training, so
+    it stays right across stages whose steps differ in resolution and batch size. Each
+    epoch's first step is not steady: its time holds the previous epoch's evaluation and
+    checkpoint and the pipeline's warm-up (the wait for the epoch's first batch). Those
+    boundaries are measured apart and each remaining epoch is charged their mean, so the
+    ETA does not swing from minutes to seconds within an epoch. The first boundary (model
+    build, first pipeline start) happens once and is not charged again.
+
+    With `events`, each progress point is an event line for the driver's console
+    (`rayaccel.core.events`); without (a Ray Tune trial), a readable line.
     """
 
-    def __init__(self, plan: Plan, *, enabled: bool, every_steps: int):
+    def __init__(self, plan: Plan, *, enabled: bool, every_steps: int, events: bool = False):
         self.plan = plan
         self.enabled = enabled
         self.every_steps = every_steps
-        self.window_start_s = time.perf_counter()
+        self.events = events
+        self.last_s = time.perf_counter()
+        self.last_fraction: float | None = None
+        self.steady_s = 0.0
+        self.steady_fraction = 0.0
+        self.boundaries_s: list[float] = []
+        self.window_s = 0.0
         self.window_images = 0
-        self.window_fraction: float | None = None
 
     def step(
         self, epoch: int, step: int, loss: torch.Tensor, *, images_in_step: int, steps: int
     ) -> None:
         if not self.enabled:
             return
-        if self.window_fraction is None:
-            self.window_fraction = self.plan.compute_fraction_at(epoch, step, steps)
-        self.window_images += images_in_step
+        now_s = time.perf_counter()
+        fraction = self.plan.compute_fraction_at(epoch, step + 1, steps)
+        if step == 0 or self.last_fraction is None:
+            self.boundaries_s.append(now_s - self.last_s)
+        else:
+            self.steady_s += now_s - self.last_s
+            self.steady_fraction += fraction - self.last_fraction
+            self.window_s += now_s - self.last_s
+            self.window_images += images_in_step
+        self.last_s, self.last_fraction = now_s, fraction
         if (step + 1) % self.every_steps and step + 1 != steps:
             return
-        elapsed_s = time.perf_counter() - self.window_start_s
-        rate = self.window_images / max(elapsed_s, 1e-9)
-        fraction = self.plan.compute_fraction_at(epoch, step + 1, steps)
-        fraction_per_s = (fraction - self.window_fraction) / max(elapsed_s, 1e-9)
-        eta_s = (1 - fraction) / max(fraction_per_s, 1e-12)
+        rate = self.window_images / self.window_s if self.window_s > 0 else None
+        eta_s = self.eta_s(fraction, epochs_left=self.plan.total_epochs - epoch - 1)
+        self.window_s, self.window_images = 0.0, 0
+        if self.events:
+            _say(
+                event_line(
+                    "step",
+                    epoch=epoch,
+                    epochs=self.plan.total_epochs,
+                    step=step + 1,
+                    steps=steps,
+                    loss=round(loss.item(), 5),
+                    images_per_s=None if rate is None else round(rate, 1),
+                    eta_s=None if eta_s is None else round(eta_s, 1),
+                )
+            )
+            return
         _say(
             f"[rayaccel] epoch {epoch + 1}/{self.plan.total_epochs} "
-            f"step {step + 1}/{steps} loss {loss.item():.4f} "
-            f"{rate:,.0f} img/s ETA {_duration(eta_s)}"
+            f"step {step + 1}/{steps} loss {loss.item():.4f}"
+            + ("" if rate is None else f" {rate:,.0f} img/s")
+            + ("" if eta_s is None else f" ETA {format_duration(eta_s)}")
         )
-        self.window_start_s = time.perf_counter()
-        self.window_images = 0
-        self.window_fraction = fraction
+
+    def eta_s(self, fraction: float, *, epochs_left: int) -> float | None:
+        """Seconds left: the steady rate over what remains, plus each remaining epoch's
+        boundary at the mean measured after the first; None before a steady step."""
+        if self.steady_s <= 0 or self.steady_fraction <= 0:
+            return None
+        later = self.boundaries_s[1:]
+        boundary_s = sum(later) / len(later) if later else 0.0
+        return (1 - fraction) * self.steady_s / self.steady_fraction + epochs_left * boundary_s
 
 
 def _say(line: str) -> None:
     # Ray Train patches `print` into a logger that echoes each line twice on the driver.
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-        if seconds >= 3600
-        else (f"{seconds // 60}m{seconds % 60:02d}s")
-    )

@@ -84,6 +84,8 @@ class LoopSpec:
             search trial continues the previous stage's best); None: start fresh.
         stop_epoch: Train only the epochs before this one (a search trial trains one stage
             of the full plan, so its LR schedule is the full curriculum's); None: all.
+        console_events: Rank 0 prints its progress as event lines for the driver's console
+            (`rayaccel.core.events`) instead of readable lines.
     """
 
     precision: str
@@ -95,6 +97,7 @@ class LoopSpec:
     torch_threads: int
     start_checkpoint: str | None = None
     stop_epoch: int | None = None
+    console_events: bool = False
 
 
 @dataclass(frozen=True)

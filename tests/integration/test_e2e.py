@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,15 +109,17 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    log = second.stdout + second.stderr
-    resumed_at = int(log.split("resumed from checkpoint: next epoch ")[1].split()[0])
+    console = second.stdout + second.stderr
+    resumed_at = int(console.split("resumed from checkpoint: next epoch ")[1].split()[0])
     assert resumed_at >= 2
+    # The epoch table's rows: `  3/4  0  28  128  ...`.
     trained_again = [
-        int(line.split("epoch ")[1].split("/")[0])
-        for line in log.splitlines()
-        if "] epoch " in line and " done:" in line
+        int(line.split()[0].split("/")[0])
+        for line in console.splitlines()
+        if re.fullmatch(r"\s*\d+/\d+\s.*", line)
     ]
-    assert trained_again == list(range(resumed_at + 1, RESUMED_EPOCHS + 1))
+    assert trained_again == list(range(resumed_at + 1, RESUMED_EPOCHS + 1)), console
+    _assert_clean_console(console, run_dir)
 
     rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == list(range(RESUMED_EPOCHS))
@@ -124,6 +127,17 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
     assert summary["epochs_completed"] == RESUMED_EPOCHS
     assert summary["images_seen"] == RESUMED_EPOCHS * 31 * 128
     assert summary["final_val_acc"] >= 0.80, summary
+
+
+def _assert_clean_console(console: str, run_dir: Path) -> None:
+    """A healthy run's console is rayaccel's: Ray's own output is in the run's ray.log."""
+    lines = console.splitlines()
+    assert len(lines) < 60, console
+    for noise in ("TrainingReport(", "Execution plan", "Traceback", "pid="):
+        assert noise not in console, console
+    assert not [line for line in lines if re.search(r"\b(WARNING|ERROR)\b", line)], console
+    assert "finished: " in console and f"results in {run_dir}" in console
+    assert "TrainingReport(" in (run_dir / "ray.log").read_text()
 
 
 def _corrupt_copy(tmp_path: Path, rows: int = 512) -> Path:
