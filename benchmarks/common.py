@@ -90,3 +90,51 @@ def machine() -> str:
         f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
+
+
+def provenance(script: str, argv: list[str] | None) -> dict:
+    """What a results record needs to be reproduced: command, commit, machine, versions, date.
+
+    `script` is the benchmark's file (its `__file__`); `argv` the arguments its `main` parsed
+    (None: the command line's). The commit carries `+dirty` when the work tree had changes.
+    """
+    import shlex
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    versions = {"python": platform.python_version()}
+    for package in ("rayaccel", "ray", "torch", "torchvision", "timm", "pyarrow", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    script_path = Path(script).resolve().relative_to(REPO_ROOT)
+    args = sys.argv[1:] if argv is None else argv
+    return {
+        "command": shlex.join(["python", str(script_path), *args]),
+        "commit": commit,
+        "machine": machine(),
+        "versions": versions,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def write_record(path: Path, results: dict, *, script: str, argv: list[str] | None) -> None:
+    """Writes a benchmark's JSON record: its provenance first, then its results.
+
+    Records under benchmarks/results/ are rendered into docs/results.md by
+    `python benchmarks/results_page.py`.
+    """
+    import json
+
+    record = {**provenance(script, argv), **results}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, dataset_dir, job_on_data, machine, start_ray
+from common import REPO_ROOT, dataset_dir, job_on_data, machine, start_ray, write_record
 
 JOB = REPO_ROOT / "jobs" / "fashion-mnist-etpp.yaml"
 LOADER_BATCH_ROWS = 256
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "replay": replay,
         }
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_record(args.json, results, script=__file__, argv=argv)
     return 0
 
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, dataset_dir, job_on_data, run, start_ray
+from common import REPO_ROOT, dataset_dir, job_on_data, run, start_ray, write_record
 
 from rayaccel.config import TrainConfig
 
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {**results, **over_seeds(pairs), "per_seed": pairs}
     print(format_table(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_record(args.json, results, script=__file__, argv=argv)
     return 0
 
 

@@ -30,13 +30,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import FIXTURE, REPO_ROOT, dataset_dir, job_on_data, machine, run, start_ray
+from common import (
+    FIXTURE,
+    REPO_ROOT,
+    dataset_dir,
+    job_on_data,
+    machine,
+    run,
+    start_ray,
+    write_record,
+)
 
 FAST_JOB = REPO_ROOT / "jobs" / "fashion-mnist-fast.yaml"
 # Accuracy to reach on the 10,000 (full) or 1,000 (fixture) test images.
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"machine": machine(), "data": str(data), "target": target, "runs": runs}
     print(format_table(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_record(args.json, results, script=__file__, argv=argv)
     return 0
 
 

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO_ROOT, SOURCE, machine, run, start_ray
+from common import REPO_ROOT, SOURCE, machine, run, start_ray, write_record
 
 JOB = REPO_ROOT / "jobs" / "fashion-seg-agvm.yaml"
 SEG_FIXTURE = REPO_ROOT / "data" / "fixture" / "fashion-seg"
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"machine": machine(), "data": str(data), "epochs": epochs, "runs": runs}
     print(format_table(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_record(args.json, results, script=__file__, argv=argv)
     return 0
 
 

@@ -42,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import REPO_ROOT, machine, start_ray
+from common import REPO_ROOT, machine, start_ray, write_record
 
 SIZES_PX = (224, 160, 128, 96)
 POLICY = "rand-m9-mstd0.5-inc1"
@@ -303,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
     results["epoch_boundary"] = epoch_boundary(CACHE / "runs")
     print(format_results(results))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_record(args.json, results, script=__file__, argv=argv)
     print(f"record: {args.json}")
     return 0
 

@@ -31,14 +31,13 @@ data nor CPU time of the worker is time the worker was runnable but had no core.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, dataset_dir, job_on_data, machine, run, start_ray
+from common import REPO_ROOT, dataset_dir, job_on_data, machine, run, start_ray, write_record
 
 JOB = REPO_ROOT / "jobs" / "fashion-mnist-etpp.yaml"
 TARGET_RATIO = 1.10
@@ -254,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(format_table(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_record(args.json, results, script=__file__, argv=argv)
     return 0
 
 

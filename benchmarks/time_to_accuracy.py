@@ -27,13 +27,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, comparison, dataset_dir, job_on_data, machine, run, start_ray
+from common import (
+    REPO_ROOT,
+    comparison,
+    dataset_dir,
+    job_on_data,
+    machine,
+    run,
+    start_ray,
+    write_record,
+)
 
 JOB = REPO_ROOT / "jobs" / "fashion-mnist-etpp.yaml"
 INFOBATCH = {"prune_ratio": 0.5, "delta": 0.875}
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.json:
         results = {"data": str(data), "smoke": args.smoke, "runs": summaries, "table": table}
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_record(args.json, results, script=__file__, argv=argv)
     return 0
 
 
