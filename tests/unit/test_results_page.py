@@ -45,3 +45,22 @@ def test_a_record_of_any_shape_renders_its_provenance_and_tables(tmp_path):
     assert "`python benchmarks/data_pipeline.py` (its options were not recorded)" in text
     # Records in file-name order.
     assert text.index("## data_pipeline") < text.index("## large_batch")
+
+
+def test_a_benchmark_record_carries_its_provenance_and_renders(tmp_path):
+    common = load_benchmark("common")
+    page = load_benchmark("results_page")
+    script = str(REPO_ROOT / "benchmarks" / "large_batch.py")
+    common.write_record(
+        tmp_path / "large_batch.json",
+        {"runs": {"linear": {"val_miou": 0.29}}},
+        script=script,
+        argv=["--smoke", "--json", "out dir/x.json"],
+    )
+    record = json.loads((tmp_path / "large_batch.json").read_text())
+    assert record["command"] == "python benchmarks/large_batch.py --smoke --json 'out dir/x.json'"
+    assert record["commit"] and record["commit"] != "unknown"
+    assert {"python", "ray", "torch", "timm"} <= record["versions"].keys()
+    assert record["date"].endswith("UTC") and "CPU cores" in record["machine"]
+    text = page.render_page(tmp_path)
+    assert f"- commit: {record['commit']}" in text and "not recorded" not in text
