@@ -174,6 +174,7 @@ def _plan(args) -> int:
 
 
 def _run(args) -> int:
+    from rayaccel.models.weights import WeightsError
     from rayaccel.plan import PlanError
     from rayaccel.train.runner import RunFailed, run_job
 
@@ -181,7 +182,7 @@ def _run(args) -> int:
     _check_model(job, args.job)
     try:
         summary = run_job(job)
-    except PlanError as err:
+    except (PlanError, WeightsError) as err:
         raise ConfigError([f"{args.job}: {err}"]) from None
     except RunFailed as err:
         print(f"rayaccel: run failed: {err}", file=sys.stderr)

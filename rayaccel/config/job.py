@@ -209,7 +209,55 @@ DataConfig = ParquetData
 
 
 # ---------------------------------------------------------------- model
-class ResNet9Model(Strict):
+class _InitialWeights(Strict):
+    """Where a model's first weights come from: random (the default), timm's pretrained
+    weights, or a file or run folder (`rayaccel.models.weights`)."""
+
+    pretrained: bool = Field(
+        False,
+        description="Start from timm's pretrained weights (downloaded once by the driver "
+        "through timm's hub cache); a head for another class count is re-initialised.",
+    )
+    init_checkpoint: str | None = Field(
+        None,
+        description="Start from these weights: a .safetensors or .pth/.pt state dict, or a "
+        "rayaccel run folder (its latest checkpoint's model); a local path or a URI. "
+        "Tensors that do not fit are named in the run's `init weights` line.",
+    )
+
+    @field_validator("init_checkpoint")
+    @classmethod
+    def _weights_exist(cls, location: str | None) -> str | None:
+        # URIs are read when the run starts; a local path is checked now, with its kind.
+        if location is None or "://" in location:
+            return location
+        from rayaccel.models.weights import WEIGHT_FILE_SUFFIXES
+
+        path = Path(location).expanduser()
+        if not path.exists():
+            raise ValueError(f"no such file or folder: {path.absolute()}")
+        if path.is_file() and not location.endswith(WEIGHT_FILE_SUFFIXES):
+            raise ValueError(
+                f"{location} is not a weight file (expected {', '.join(WEIGHT_FILE_SUFFIXES)}) "
+                "or a run folder"
+            )
+        return str(path)
+
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> _InitialWeights:
+        if self.pretrained and self.init_checkpoint is not None:
+            raise cross_field_error(
+                ["model.init_checkpoint: set model.pretrained or model.init_checkpoint, not both"]
+            )
+        if self.pretrained:
+            from rayaccel.models.weights import pretrained_problem
+
+            if (problem := pretrained_problem(self.name)) is not None:
+                raise cross_field_error([f"model.pretrained: {problem}"])
+        return self
+
+
+class ResNet9Model(_InitialWeights):
     """The built-in myrtle.ai ResNet-9."""
 
     name: Literal["resnet9"]
@@ -218,7 +266,7 @@ class ResNet9Model(Strict):
     pool_before_activation: bool = False
 
 
-class TimmModel(Strict):
+class TimmModel(_InitialWeights):
     """Any timm model, built with `timm.create_model(name, **kwargs)`.
 
     For a segmentation data set the model is a timm backbone (`features_only`) with a small
@@ -238,7 +286,7 @@ class TimmModel(Strict):
         if reserved:
             raise ValueError(
                 f"{sorted(reserved)} are set by rayaccel (num_classes and in_chans come from "
-                "data; pretrained weights cannot be downloaded at run time); remove them"
+                "data; for timm's weights set model.pretrained: true); remove them"
             )
         return kwargs
 

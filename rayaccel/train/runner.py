@@ -32,7 +32,7 @@ from rayaccel.config import JobConfig, dump_job
 from rayaccel.config.job import TimmModel
 from rayaccel.core.compute import pixel_compute
 from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
-from rayaccel.core.storage import RunFolder
+from rayaccel.core.storage import RunFolder, latest_checkpoint
 from rayaccel.data.cluster import connect_ray
 from rayaccel.data.folder import list_folder, read_split_meta
 from rayaccel.data.pipeline import (
@@ -45,10 +45,11 @@ from rayaccel.data.pipeline import (
 from rayaccel.data.transforms import DEFAULT_CROP_PCT, DEFAULT_RATIO
 from rayaccel.methods.base import DriverPart
 from rayaccel.methods.registry import driver_parts, method_summaries
+from rayaccel.models.weights import InitialWeights, WeightsError, initial_weights
 from rayaccel.plan import Plan, make_plan
 from rayaccel.report import compute_px_images, load_run, write_report
-from rayaccel.train.loop import train_loop_per_worker
-from rayaccel.train.spec import WorkerSpec, build_worker_spec
+from rayaccel.train.loop import INIT_WEIGHTS_KEY, train_loop_per_worker
+from rayaccel.train.spec import ModelSpec, WorkerSpec, build_worker_spec
 
 
 class RunFailed(RuntimeError):
@@ -164,6 +165,11 @@ def run_job(
     folder.write_text("job.yaml", dump_job(job))
     folder.write_text("plan.json", json.dumps(plan.to_dict(), indent=2) + "\n")
     print(f"[rayaccel] run folder: {folder.location}", flush=True)
+    # Read once here, before Ray starts: a hub out of reach fails in a line, and nodes
+    # without internet get the weights through the object store. A resumed run (or a trial
+    # continuing a checkpoint) restores its own weights instead.
+    resuming = start_checkpoint is not None or latest_checkpoint(folder.location) is not None
+    weights = None if resuming else _initial_weights(spec.model)
 
     connect_ray()
     # Ray Data's per-operator progress bars interleave with the epoch lines; the loop's own
@@ -176,6 +182,8 @@ def run_job(
     if job.data.mode != "device":
         resources[EPOCH_CLOCK_KEY] = start_epoch_clock()
         datasets = _datasets(job, plan, spec, parts, resources[EPOCH_CLOCK_KEY])
+    if weights is not None:
+        resources[INIT_WEIGHTS_KEY] = ray.put(weights)
     scaling = job.scaling
     loop_config = spec.to_dict()
     loop_config["resources"] = resources
@@ -215,6 +223,21 @@ def run_job(
     folder.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
     _write_plots(folder)
     return summary
+
+
+def _initial_weights(model: ModelSpec) -> InitialWeights | None:
+    try:
+        return initial_weights(
+            model.name,
+            in_chans=model.in_chans,
+            task=model.task,
+            pretrained=model.pretrained,
+            init_checkpoint=model.init_checkpoint,
+            **model.kwargs,
+        )
+    except WeightsError as err:
+        field = "model.pretrained" if model.pretrained else "model.init_checkpoint"
+        raise WeightsError(f"{field}: {err}") from None
 
 
 def _write_plots(folder: RunFolder) -> None:
