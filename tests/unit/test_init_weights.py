@@ -23,6 +23,7 @@ from rayaccel.models.weights import (
     InitialWeights,
     WeightsError,
     pretrained_problem,
+    pretrained_state_dict,
     read_state_dict,
 )
 from rayaccel.train.checkpoint import TrainState, save_checkpoint
@@ -248,3 +249,26 @@ def test_run_without_the_hub_fails_in_one_line(tmp_path):
     assert line.startswith(f"{path}: model.pretrained: cannot fetch timm's pretrained weights")
     assert "'resnet18' from hf-hub:timm/resnet18.a1_in1k" in line
     assert "HF_ENDPOINT" in line and "model.init_checkpoint" in line
+
+
+def test_pretrained_weights_go_through_timms_own_loading(tmp_path, capsys):
+    """The driver's pretrained path, with timm pointed at a local file instead of the hub:
+    timm sums the first conv for grey-scale data, the head is re-initialised."""
+    torch.manual_seed(2)
+    published = timm.create_model("resnet18")  # timm's 1000 ImageNet classes
+    path = tmp_path / "resnet18.pth"
+    torch.save(published.state_dict(), path)
+
+    weights = pretrained_state_dict(
+        "resnet18", in_chans=1, pretrained_cfg_overlay={"file": str(path)}
+    )
+    model = setup_model(_model_spec(in_chans=1), MethodHooks([]), weights, rank=0)
+    report = capsys.readouterr().out
+
+    summed = published.conv1.weight.sum(dim=1, keepdim=True)
+    assert torch.allclose(model.conv1.weight, summed)
+    assert torch.equal(model.layer4[1].conv2.weight, published.layer4[1].conv2.weight)
+    assert "classifier fc re-initialised (1000 -> 10 classes)" in report
+    assert weights.source == "timm resnet18 (hf-hub:timm/resnet18.a1_in1k " + (
+        "(https://huggingface.co/timm/resnet18.a1_in1k))"
+    )
