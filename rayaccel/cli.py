@@ -1,4 +1,4 @@
-"""`rayaccel` command line: validate, plan, run, submit, report and data prepare.
+"""`rayaccel` command line: validate, plan, run, submit, tune, report, schema and data prepare.
 
 Bad input exits with status 2 and one line per problem, never a traceback; a failed
 training run exits with status 1 and its root cause.
@@ -103,6 +103,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     tune.set_defaults(handler=_tune)
 
+    schema = commands.add_parser(
+        "schema",
+        help="print the job JSON Schema (or the Markdown reference)",
+        description="Print the job files' JSON Schema, generated from rayaccel's job models, "
+        "for editors' completion and checking; --markdown prints the field reference instead; "
+        "--write DIR writes both (job-schema.json, reference.md) into DIR.",
+    )
+    output = schema.add_mutually_exclusive_group()
+    output.add_argument("--markdown", action="store_true", help="print the Markdown reference")
+    output.add_argument("--write", metavar="DIR", help="write job-schema.json and reference.md")
+    schema.set_defaults(handler=_schema)
+
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     from rayaccel.data.prepare import add_prepare_arguments
@@ -179,6 +191,7 @@ def _plan(args) -> int:
 
 
 def _run(args) -> int:
+    from rayaccel.models.weights import WeightsError
     from rayaccel.plan import PlanError
     from rayaccel.train.runner import RunFailed, run_job
 
@@ -186,7 +199,7 @@ def _run(args) -> int:
     _check_model(job, args.job)
     try:
         run_job(job, console=True, verbose=args.verbose)
-    except PlanError as err:
+    except (PlanError, WeightsError) as err:
         raise ConfigError([f"{args.job}: {err}"]) from None
     except RunFailed as err:
         print(f"rayaccel: run failed: {err}", file=sys.stderr)
@@ -203,6 +216,17 @@ def _check_model(job, source: str) -> None:
         raise ConfigError(
             [f"{source}: model.name: unknown model {name!r}; resnet9 or a timm model, e.g. {hint}"]
         )
+
+
+def _schema(args) -> int:
+    from rayaccel.config.reference import reference_markdown, schema_text, write_generated
+
+    if args.write:
+        for path in write_generated(args.write):
+            print(f"[rayaccel] wrote {path}")
+    else:
+        print(reference_markdown() if args.markdown else schema_text(), end="")
+    return 0
 
 
 def _tune(args) -> int:

@@ -39,6 +39,7 @@ from rayaccel.methods.ordering import build_hooks
 from rayaccel.methods.tricks.worker_augment import WorkerAugmentHook
 from rayaccel.models import build_model
 from rayaccel.models.resolution import fit_to_resolution
+from rayaccel.models.weights import InitialWeights, load_initial_weights
 from rayaccel.optim.build import build_optimizer, param_groups, set_lr
 from rayaccel.optim.registry import OptimizerHyperparameters
 from rayaccel.plan import Plan, StagePlan
@@ -54,6 +55,8 @@ from rayaccel.train.spec import DataSpec, LoopSpec, ModelSpec, WorkerSpec
 from rayaccel.train.task import make_task
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# `resources` key of the object ref to the run's `InitialWeights` (read once by the driver).
+INIT_WEIGHTS_KEY = "initial_weights"
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -137,9 +140,16 @@ def setup_hooks(spec: WorkerSpec, context: WorkerContext) -> MethodHooks:
     return build_hooks(spec.methods, context, data_hooks=data_hooks)
 
 
-def setup_model(model: ModelSpec, hooks: MethodHooks) -> torch.nn.Module:
-    """The model as the methods transform it, in its memory layout (not yet wrapped by DDP:
-    `prepare_model` then broadcasts rank 0's weights, whitening filters included)."""
+def setup_model(
+    model: ModelSpec,
+    hooks: MethodHooks,
+    initial_weights: InitialWeights | None = None,
+    *,
+    rank: int = 0,
+) -> torch.nn.Module:
+    """The model, from `initial_weights` if given (rank 0 says what was loaded), as the
+    methods transform it, in its memory layout (not yet wrapped by DDP: `prepare_model`
+    then broadcasts rank 0's weights, whitening filters included)."""
     net = build_model(
         model.name,
         num_classes=model.num_classes,
@@ -147,6 +157,12 @@ def setup_model(model: ModelSpec, hooks: MethodHooks) -> torch.nn.Module:
         task=model.task,
         **model.kwargs,
     )
+    if initial_weights is not None:
+        # Before the methods transform the model: EMA copies and re-parametrisations must
+        # start from the loaded weights.
+        report = load_initial_weights(net, initial_weights)
+        if rank == 0:
+            _say(report)
     net = hooks.transform_model(net)
     if model.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -212,6 +228,9 @@ class Trainer:
     def setup(cls, spec: WorkerSpec, resources: dict) -> Trainer:
         """This Ray Train worker's trainer, restored from the run's latest checkpoint."""
         context = ray.train.get_context()
+        # A restarted worker group restores its checkpoint instead (`restore`).
+        weights_ref = resources.get(INIT_WEIGHTS_KEY)
+        fresh = ray.train.get_checkpoint() is None and spec.loop.start_checkpoint is None
         trainer = cls.build(
             spec,
             rank=context.get_world_rank(),
@@ -219,6 +238,7 @@ class Trainer:
             device=setup_device(spec.loop),
             resources=resources,
             prepare_model=ray.train.torch.prepare_model,
+            initial_weights=ray.get(weights_ref) if weights_ref is not None and fresh else None,
         )
         trainer.state = restore(
             spec.loop,
@@ -241,11 +261,13 @@ class Trainer:
         device: torch.device,
         resources: dict,
         prepare_model=lambda model: model,
+        initial_weights: InitialWeights | None = None,
     ) -> Trainer:
         """The setup steps in order: seed, device data, hooks, model, optimizer, scaler.
 
         `prepare_model` wraps the model for the worker group (Ray Train's, which moves it to
-        the device and wraps it in DDP); the default keeps it as it is.
+        the device and wraps it in DDP); the default keeps it as it is. `initial_weights`:
+        the model's first weights; None: random.
         """
         seed = spec.loop.seed
         torch.manual_seed(seed)
@@ -265,7 +287,7 @@ class Trainer:
                 training_images=functools.partial(training_images, spec.data),
             ),
         )
-        model = prepare_model(setup_model(spec.model, hooks))
+        model = prepare_model(setup_model(spec.model, hooks, initial_weights, rank=rank))
         optimizer = setup_optimizer(spec.optimizer, model, hooks)
         hooks.attach(unwrap(model))
         return cls(

@@ -17,6 +17,7 @@ is there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -33,7 +34,7 @@ from rayaccel.config.job import TimmModel
 from rayaccel.core.compute import pixel_compute
 from rayaccel.core.events import event_line
 from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
-from rayaccel.core.storage import RunFolder
+from rayaccel.core.storage import RunFolder, latest_checkpoint
 from rayaccel.data.cluster import connect_ray
 from rayaccel.data.folder import list_folder, read_split_meta
 from rayaccel.data.pipeline import (
@@ -46,11 +47,12 @@ from rayaccel.data.pipeline import (
 from rayaccel.data.transforms import DEFAULT_CROP_PCT, DEFAULT_RATIO
 from rayaccel.methods.base import DriverPart
 from rayaccel.methods.registry import driver_parts, method_summaries
+from rayaccel.models.weights import InitialWeights, WeightsError, initial_weights
 from rayaccel.plan import Plan, make_plan
 from rayaccel.report import compute_px_images, load_run, write_report
 from rayaccel.train.console import RunConsole, local_log_path, result_block
-from rayaccel.train.loop import train_loop_per_worker
-from rayaccel.train.spec import WorkerSpec, build_worker_spec
+from rayaccel.train.loop import INIT_WEIGHTS_KEY, train_loop_per_worker
+from rayaccel.train.spec import ModelSpec, WorkerSpec, build_worker_spec
 
 
 class RunFailed(RuntimeError):
@@ -195,10 +197,18 @@ def run_job(
     folder = run_folder_of(job)
     folder.write_text("job.yaml", dump_job(job))
     folder.write_text("plan.json", json.dumps(plan.to_dict(), indent=2) + "\n")
+    # Read once here, before Ray starts: a hub out of reach fails in a line, and nodes
+    # without internet get the weights through the object store. A resumed run (or a trial
+    # continuing a checkpoint) restores its own weights instead.
+    resuming = start_checkpoint is not None or latest_checkpoint(folder.location) is not None
+    weights = None if resuming else _initial_weights(spec.model)
+    fit = functools.partial(
+        _fit, job, plan, spec, folder, callbacks, weights=weights, started_s=started_s
+    )
     if not console:
         print(f"[rayaccel] run folder: {folder.location}", flush=True)
         connect_ray()
-        return _fit(job, plan, spec, folder, callbacks, started_s=started_s, events=False)
+        return fit(events=False)
     log_path, upload = local_log_path(folder.location)
     view = RunConsole(
         total_epochs=plan.total_epochs,
@@ -213,7 +223,7 @@ def run_job(
         connect_ray()
         view.attach()
         try:
-            summary = _fit(job, plan, spec, folder, callbacks, started_s=started_s, events=True)
+            summary = fit(events=True)
         except RunFailed as err:
             raise RunFailed(
                 f"{err}\n(Ray's own output, worker tracebacks included: {folder.location}/ray.log)"
@@ -248,6 +258,7 @@ def _fit(
     folder: RunFolder,
     callbacks: tuple[ray.train.UserCallback, ...],
     *,
+    weights: InitialWeights | None,
     started_s: float,
     events: bool,
 ) -> dict:
@@ -262,6 +273,8 @@ def _fit(
     if job.data.mode != "device":
         resources[EPOCH_CLOCK_KEY] = start_epoch_clock()
         datasets = _datasets(job, plan, spec, parts, resources[EPOCH_CLOCK_KEY])
+    if weights is not None:
+        resources[INIT_WEIGHTS_KEY] = ray.put(weights)
     scaling = job.scaling
     loop_config = spec.to_dict()
     loop_config["resources"] = resources
@@ -301,6 +314,21 @@ def _fit(
     folder.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
     _write_plots(folder)
     return summary
+
+
+def _initial_weights(model: ModelSpec) -> InitialWeights | None:
+    try:
+        return initial_weights(
+            model.name,
+            in_chans=model.in_chans,
+            task=model.task,
+            pretrained=model.pretrained,
+            init_checkpoint=model.init_checkpoint,
+            **model.kwargs,
+        )
+    except WeightsError as err:
+        field = "model.pretrained" if model.pretrained else "model.init_checkpoint"
+        raise WeightsError(f"{field}: {err}") from None
 
 
 def _write_plots(folder: RunFolder) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from helpers import (
     FIXTURE_TEST,
     FIXTURE_TRAIN,
@@ -31,6 +32,7 @@ from helpers import (
 
 from rayaccel.cli import main
 from rayaccel.data.metadata import ShardInfo, ShardSetMeta, read_meta, write_meta
+from rayaccel.models import ResNet9
 
 pytestmark = pytest.mark.ray
 
@@ -70,8 +72,12 @@ RESUMED_EPOCHS = 4
 
 
 def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_session, tmp_path):
-    """The quickstart, killed after its second checkpoint and run again."""
+    """The quickstart, started from initial weights (a ResNet-9 for 5 classes), killed after
+    its second checkpoint and run again: the resumed run restores its own checkpoint."""
     run_dir = tmp_path / "quickstart"
+    init = tmp_path / "init.pth"
+    torch.manual_seed(0)
+    torch.save(ResNet9(num_classes=5, in_chans=1, width_multiplier=0.25).state_dict(), init)
     command = [
         sys.executable,
         "-m",
@@ -80,6 +86,7 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
         QUICKSTART,
         *fixture_overrides(tmp_path, "quickstart"),
         f"train.epochs={RESUMED_EPOCHS}",
+        f"model.init_checkpoint={init}",
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_session}
     first = subprocess.Popen(
@@ -102,6 +109,10 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+    assert (
+        f"init weights: 48/49 tensors from {init}; classifier head re-initialised "
+        "(5 -> 10 classes)"
+    ) in first.stdout.read()
     interrupted_rows = read_metrics(run_dir)
     assert 2 <= len(interrupted_rows) < RESUMED_EPOCHS
 
@@ -110,6 +121,7 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
     )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     console = second.stdout + second.stderr
+    assert "init weights" not in console
     resumed_at = int(console.split("resumed from checkpoint: next epoch ")[1].split()[0])
     assert resumed_at >= 2
     # The epoch table's rows: `  3/4  0  28  128  ...`.
