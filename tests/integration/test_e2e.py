@@ -110,8 +110,7 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     assert (
-        f"init weights: 48/49 tensors from {init}; classifier head re-initialised "
-        "(5 -> 10 classes)"
+        f"init weights: 48/49 tensors from {init}; classifier head re-initialised (5 -> 10 classes)"
     ) in first.stdout.read()
     interrupted_rows = read_metrics(run_dir)
     assert 2 <= len(interrupted_rows) < RESUMED_EPOCHS
