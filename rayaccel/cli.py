@@ -143,6 +143,7 @@ def _load(args, *, plan_only: bool):
 def _validate(args) -> int:
     resolved = _load(args, plan_only=True)
     _check_model(resolved.job, args.job)
+    _check_trackers(resolved.job, args.job)
     print(dump_job(resolved.job), end="")
     if resolved.assumed:
         print(f"{args.job}: {resolved.assumed}", file=sys.stderr)
@@ -179,6 +180,7 @@ def _run(args) -> int:
 
     job = _load(args, plan_only=False).job
     _check_model(job, args.job)
+    _check_trackers(job, args.job)
     try:
         summary = run_job(job)
     except PlanError as err:
@@ -200,6 +202,14 @@ def _check_model(job, source: str) -> None:
         raise ConfigError(
             [f"{source}: model.name: unknown model {name!r}; resnet9 or a timm model, e.g. {hint}"]
         )
+
+
+def _check_trackers(job, source: str) -> None:
+    from rayaccel.config.job import tracking_problems
+
+    problems = tracking_problems(job.tracking)
+    if problems:
+        raise ConfigError([f"{source}: {line}" for line in problems])
 
 
 def _tune(args) -> int:

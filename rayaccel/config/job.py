@@ -483,6 +483,82 @@ class RunSection(Strict):
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
 
 
+# ---------------------------------------------------------------- tracking
+class MlflowTracking(Strict):
+    """MLflow: one run per rayaccel run, continued when the job is resumed."""
+
+    # null: a SQLite store in the run folder (mlflow/mlflow.db, artifacts in mlflow/artifacts;
+    # MLflow 3 refuses new file stores). Else any URI MLflow takes (http://host:5000, sqlite:///...).
+    tracking_uri: str | None = None
+    experiment: str = Field("rayaccel", min_length=1)
+
+
+class WandbTracking(Strict):
+    """Weights & Biases (needs `pip install wandb`); its files go under <run folder>/wandb."""
+
+    project: str = Field("rayaccel", min_length=1)
+    entity: str | None = None
+    # offline: nothing leaves the machine (`wandb sync <run folder>/wandb/offline-run-*` uploads
+    # later); online: needs `wandb login` where the Ray Train controller runs.
+    mode: Literal["offline", "online"] = "offline"
+
+
+class TrackingSection(Strict):
+    """Experiment trackers the run also logs to (all off by default; see docs/tracking.md)."""
+
+    # Event files in <run folder>/tensorboard: `tensorboard --logdir <storage_path>`.
+    tensorboard: bool = False
+    # true or a mapping turns a tracker on; null/false leaves it off.
+    mlflow: MlflowTracking | None = None
+    wandb: WandbTracking | None = None
+
+    @field_validator("mlflow", "wandb", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    @property
+    def enabled(self) -> bool:
+        return self.tensorboard or self.mlflow is not None or self.wandb is not None
+
+
+# The packages each tracker imports (module, pip name); tensorboardX comes with Ray.
+_TRACKER_PACKAGES = {
+    "tensorboard": (("tensorboardX", "tensorboardX"),),
+    "mlflow": (("mlflow", "mlflow-skinny"),),
+    "wandb": (("wandb", "wandb"),),
+}
+# MLflow's SQLite store (the default) also needs SQLAlchemy and Alembic.
+_MLFLOW_SQL_PACKAGES = (("sqlalchemy", "sqlalchemy"), ("alembic", "alembic"))
+
+
+def tracking_problems(tracking: TrackingSection) -> list[str]:
+    """`tracking.<tracker>: ...` for every tracker the job asks for whose library is missing."""
+    import importlib.util
+
+    wanted = {
+        "tensorboard": tracking.tensorboard,
+        "mlflow": tracking.mlflow is not None,
+        "wandb": tracking.wandb is not None,
+    }
+    problems = []
+    for name, packages in _TRACKER_PACKAGES.items():
+        if not wanted[name]:
+            continue
+        if name == "mlflow" and tracking.mlflow.tracking_uri is None:
+            packages = packages + _MLFLOW_SQL_PACKAGES
+        missing = [pip for module, pip in packages if importlib.util.find_spec(module) is None]
+        if missing:
+            extra = "wandb" if name == "wandb" else "tracking"
+            problems.append(
+                f"tracking.{name}: needs {', '.join(missing)}, not installed; "
+                f"pip install 'rayaccel[{extra}]' (or: pip install {' '.join(missing)})"
+            )
+    return problems
+
+
 class _JobCore(Strict):
     """A whole job: what to train on, what to train, how, on how much, and where to write.
 
@@ -495,6 +571,7 @@ class _JobCore(Strict):
     train: TrainConfig
     scaling: ScalingSection = ScalingSection()
     run: RunSection
+    tracking: TrackingSection = TrackingSection()
 
     @model_validator(mode="after")
     def _cross_field(self) -> _JobCore:

@@ -27,7 +27,7 @@ import ray.train.torch
 import torch
 
 from rayaccel.core.distributed import all_reduce_sum, barrier
-from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
+from rayaccel.core.records import STEP_LOG_KEY, WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.seeds import worker_seed
 from rayaccel.data.device import DeviceDataset, load_device_dataset, load_rows
 from rayaccel.data.metadata import read_meta
@@ -316,7 +316,10 @@ class Trainer:
             )
             # Per worker; the controller's MetricsLog gathers them into the `workers` list.
             worker = audit.facts(rank=self.rank, node_id=runtime.get_node_id())
-            self.report({**record.to_row(), WORKER_FACTS_KEY: worker}, record.checkpointed)
+            metrics = {**record.to_row(), WORKER_FACTS_KEY: worker}
+            if self.rank == 0:  # its printed steps, for the trackers (`rayaccel.train.tracking`)
+                metrics[STEP_LOG_KEY] = progress.take_logged()
+            self.report(metrics, record.checkpointed)
         return {
             "next_epoch": self.state.next_epoch,
             "images_seen": self.state.images_seen,
@@ -606,6 +609,8 @@ class _Progress:
         self.window_start_s = time.perf_counter()
         self.window_images = 0
         self.window_fraction: float | None = None
+        # The printed steps since the last report: epoch images so far, loss, lr, images/s.
+        self.logged: list[dict] = []
 
     def step(
         self, epoch: int, step: int, loss: torch.Tensor, *, images_in_step: int, steps: int
@@ -627,9 +632,22 @@ class _Progress:
             f"step {step + 1}/{steps} loss {loss.item():.4f} "
             f"{rate:,.0f} img/s ETA {_duration(eta_s)}"
         )
+        self.logged.append(
+            {
+                "images": (step + 1) * images_in_step,
+                "loss": loss.item(),
+                "lr": self.plan.lr_at(epoch, step, steps),
+                "images_per_s": rate,
+            }
+        )
         self.window_start_s = time.perf_counter()
         self.window_images = 0
         self.window_fraction = fraction
+
+    def take_logged(self) -> list[dict]:
+        """The steps printed since the last call."""
+        logged, self.logged = self.logged, []
+        return logged
 
 
 def _say(line: str) -> None:

@@ -31,7 +31,7 @@ from ray.train.torch import TorchTrainer
 from rayaccel.config import JobConfig, dump_job
 from rayaccel.config.job import TimmModel
 from rayaccel.core.compute import pixel_compute
-from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
+from rayaccel.core.records import STEP_LOG_KEY, WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.storage import RunFolder
 from rayaccel.data.cluster import connect_ray
 from rayaccel.data.folder import list_folder, read_split_meta
@@ -49,6 +49,7 @@ from rayaccel.plan import Plan, make_plan
 from rayaccel.report import compute_px_images, load_run, write_report
 from rayaccel.train.loop import train_loop_per_worker
 from rayaccel.train.spec import WorkerSpec, build_worker_spec
+from rayaccel.train.tracking import Tracking, finish_tracking, tracking_settings
 
 
 class RunFailed(RuntimeError):
@@ -79,7 +80,7 @@ class MetricsLog(ray.train.UserCallback):
             (m[WORKER_FACTS_KEY] for m in metrics if WORKER_FACTS_KEY in m),
             key=lambda w: w["rank"],
         )
-        row = {k: v for k, v in metrics[0].items() if k != WORKER_FACTS_KEY}
+        row = {k: v for k, v in metrics[0].items() if k not in (WORKER_FACTS_KEY, STEP_LOG_KEY)}
         record = EpochRecord.from_row(row).replace(workers=tuple(workers), time_unix_s=time.time())
         if self.records is None:
             self.records = self.folder.read_epochs()
@@ -177,6 +178,9 @@ def run_job(
         resources[EPOCH_CLOCK_KEY] = start_epoch_clock()
         datasets = _datasets(job, plan, spec, parts, resources[EPOCH_CLOCK_KEY])
     scaling = job.scaling
+    tracking = tracking_settings(job, plan, end_epoch=stop_epoch or plan.total_epochs)
+    if tracking.enabled:
+        callbacks = (Tracking(folder, tracking), *callbacks)
     loop_config = spec.to_dict()
     loop_config["resources"] = resources
     trainer = TorchTrainer(
@@ -214,6 +218,7 @@ def run_job(
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     folder.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
     _write_plots(folder)
+    finish_tracking(folder, tracking, checkpoint=summary["checkpoint"])
     return summary
 
 
