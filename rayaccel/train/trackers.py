@@ -65,35 +65,44 @@ def open_writers(
 
 
 class TensorBoardWriter:
-    """Event files in `<run folder>/tensorboard`; a resumed run adds a new file there."""
+    """Event files in `<run folder>/tensorboard`, one per controller (a resumed job adds one).
+
+    Events are written synchronously: `SummaryWriter.flush()` does not drain its queue, so a
+    killed job would lose the epochs it had reported.
+    """
 
     def __init__(self, settings: TrackingSettings, files: TrackingFiles, state: TrackingState):
-        from tensorboardX import SummaryWriter
-        from tensorboardX.summary import hparams
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.summary import hparams, text
 
-        self.writer = SummaryWriter(files.path("tensorboard"), flush_secs=30)
+        logdir = files.path("tensorboard")
+        os.makedirs(logdir, exist_ok=True)
+        # Nanoseconds after the name's seconds: TensorBoard reads a folder's files in name
+        # order, and one written later must come later even within the same second.
+        self.events = EventsWriter(os.path.join(logdir, "events"), f".{time.time_ns()}")
         if "tensorboard" not in state.trackers:
             # Indented: TensorBoard renders text as Markdown, and the plan is a table.
             plan = "\n".join("    " + line for line in settings.plan_text.splitlines())
-            self.writer.add_text("plan", plan, 0)
-            experiment, session_start, _ = hparams(
-                settings.params, {name: 0.0 for name in HPARAM_METRICS}
-            )
-            self.writer.file_writer.add_summary(experiment)
-            self.writer.file_writer.add_summary(session_start)
-            self.writer.flush()
+            metrics = {name: 0.0 for name in HPARAM_METRICS}
+            self._write([text("plan", plan), *hparams(settings.params, metrics)[:2]], 0)
             state.trackers["tensorboard"] = {"next_epoch": 0}
 
+    def _write(self, summaries: list, step: int) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        for summary in summaries:
+            self.events.write_event(Event(wall_time=time.time(), step=step, summary=summary))
+        self.events.flush()
+
     def log_epoch(self, epoch, scalars, steps) -> None:
-        for name, value in scalars.items():
-            self.writer.add_scalar(name, value, epoch)
+        from tensorboardX.summary import scalar
+
         for images, values in steps:
-            for name, value in values.items():
-                self.writer.add_scalar(name, value, images)
-        self.writer.flush()
+            self._write([scalar(name, value) for name, value in values.items()], images)
+        self._write([scalar(name, value) for name, value in scalars.items()], epoch)
 
     def close(self) -> None:
-        self.writer.close()
+        self.events.close()
 
 
 def _mlflow_client(settings: MlflowSettings, files: TrackingFiles):

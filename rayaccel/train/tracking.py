@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -194,6 +195,8 @@ class TrackingFiles:
     def pull(self) -> None:
         if not self.remote:
             return
+        # The run folder is the truth: a mirror left by an earlier run there is dropped.
+        shutil.rmtree(self.local_dir, ignore_errors=True)
         os.makedirs(self.local_dir, exist_ok=True)
         fs, root = resolve_path(self.folder.location)
         local = pafs.LocalFileSystem()
