@@ -254,35 +254,49 @@ class Tracking(ray.train.UserCallback):
     def _log(self, metrics: list[dict]) -> None:
         from rayaccel.train.trackers import open_writers
 
+        row = {k: v for k, v in metrics[0].items() if k not in (WORKER_FACTS_KEY, STEP_LOG_KEY)}
+        record = EpochRecord.from_row(row)
         if self.writers is None:
             self.files = TrackingFiles(self.folder)
             self.files.pull()
             self.state = self.files.read_state()
             self.writers = open_writers(self.settings, self.files, self.state)
-            self.files.write_state(self.state)
-        row = {k: v for k, v in metrics[0].items() if k not in (WORKER_FACTS_KEY, STEP_LOG_KEY)}
-        record = EpochRecord.from_row(row)
+            # Epochs a tracker missed: a job killed between metrics.jsonl and the trackers, or
+            # tracking turned on when the job was resumed (their steps are not kept).
+            for missed in self.folder.read_epochs():
+                if missed.epoch < record.epoch:
+                    self._log_record(missed, [], announce=False)
         steps = step_scalars(record, metrics[0].get(STEP_LOG_KEY, []))
-        scalars = epoch_scalars(record)
-        last = record.epoch + 1 >= self.settings.end_epoch
-        for name, writer in list(self.writers.items()):
-            if not self.state.is_new(name, record.epoch):
-                _say(
-                    f"[rayaccel] {name}: epoch {record.epoch + 1} is logged already; it keeps "
-                    "its first values (metrics.jsonl has the retrained ones)"
-                )
-                continue
-            try:
-                writer.log_epoch(record.epoch + 1, scalars, steps)
-                if last:
-                    writer.close()
-            except Exception as err:
-                warn(f"{name} tracking stopped: {err!r}")
-                del self.writers[name]
-                continue
-            self.state.logged(name, record.epoch)
+        self._log_record(record, steps, announce=True)
+        if record.epoch + 1 >= self.settings.end_epoch:
+            for name, writer in list(self.writers.items()):
+                self._guarded(name, writer.close)
         self.files.write_state(self.state)
         self.files.push()
+
+    def _log_record(self, record: EpochRecord, steps: list, *, announce: bool) -> None:
+        """`record` to every tracker that has not logged its epoch yet."""
+        scalars = epoch_scalars(record)
+        for name, writer in list(self.writers.items()):
+            if not self.state.is_new(name, record.epoch):
+                if announce:
+                    _say(
+                        f"[rayaccel] {name}: epoch {record.epoch + 1} is logged already; it "
+                        "keeps its first values (metrics.jsonl has the retrained ones)"
+                    )
+                continue
+            if self._guarded(name, writer.log_epoch, record.epoch + 1, scalars, steps):
+                self.state.logged(name, record.epoch)
+
+    def _guarded(self, name: str, call, *args) -> bool:
+        """Runs a writer's call; a failure warns and turns that tracker off. True if it ran."""
+        try:
+            call(*args)
+            return True
+        except Exception as err:
+            warn(f"{name} tracking stopped: {err!r}")
+            del self.writers[name]
+            return False
 
 
 def finish_tracking(

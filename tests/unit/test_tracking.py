@@ -9,7 +9,7 @@ import importlib.util
 import json
 
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, read_tensorboard
 
 from rayaccel.cli import EXIT_BAD_INPUT, main
 from rayaccel.config.job import TrackingSection, tracking_problems
@@ -133,18 +133,6 @@ def _settings(**trackers) -> TrackingSettings:
     )
 
 
-def read_tensorboard(logdir) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of a TensorBoard folder (all its event files) as (step, value) lists."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(logdir))
-    events.Reload()
-    return {
-        tag: [(e.step, round(e.value, 6)) for e in events.Scalars(tag)]
-        for tag in events.Tags()["scalars"]
-    }
-
-
 def test_a_resumed_run_continues_one_mlflow_run_and_logs_each_epoch_once(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -175,6 +163,19 @@ def test_a_resumed_run_continues_one_mlflow_run_and_logs_each_epoch_once(tmp_pat
     assert artifacts == {"plan.txt", "summary.json"}
     state = json.loads((tmp_path / "run" / "tracking.json").read_text())["trackers"]
     assert state["mlflow"] == {"run_id": run.info.run_id, "next_epoch": 3}
+
+
+def test_epochs_a_tracker_missed_are_logged_from_the_metrics_log(tmp_path):
+    """Killed after metrics.jsonl got epoch 1 but before the trackers did, or tracking turned
+    on at the resume: the next controller logs those epochs first, without their steps."""
+    folder = RunFolder(str(tmp_path / "run"))
+    settings = _settings(tensorboard=True)
+    Tracking(folder, settings).after_report(None, _report(0, 0.5), None)
+    folder.write_epochs([EpochRecord.from_row(_report(e, 0.5 + e / 10)[1]) for e in (0, 1, 2)])
+    Tracking(folder, settings).after_report(None, _report(2, 0.8), None)
+    scalars = read_tensorboard(tmp_path / "run" / "tensorboard")
+    assert scalars["val_acc"] == [(1, 0.5), (2, 0.6), (3, 0.8)]  # epoch 3 as reported now
+    assert [x for x, _ in scalars["step/loss"]] == [50, 250]
 
 
 def test_a_tracker_that_cannot_open_warns_and_the_others_log(tmp_path, capsys):
