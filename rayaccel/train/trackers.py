@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow.fs as pafs
 
 from rayaccel.core.storage import resolve_path
-from rayaccel.train.tracking import (
-    MlflowSettings,
-    TrackingFiles,
-    TrackingSettings,
-    TrackingState,
-    WandbSettings,
-    warn,
-)
+
+if TYPE_CHECKING:
+    from rayaccel.train.tracking import (
+        MlflowSettings,
+        TrackingFiles,
+        TrackingSettings,
+        TrackingState,
+        WandbSettings,
+    )
 
 # The epoch scalars TensorBoard's HParams view and MLflow's run table compare runs by.
 HPARAM_METRICS = ("val_acc", "val_loss", "train_loss", "train_acc")
@@ -230,3 +232,8 @@ class WandbWriter:
 
     def close(self) -> None:
         self.run.finish()
+
+
+def warn(line: str) -> None:
+    """A tracking problem on the console; tracking never raises into the run."""
+    print(f"[rayaccel] warning: {line}", file=sys.stderr, flush=True)

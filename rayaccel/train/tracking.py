@@ -36,6 +36,7 @@ import ray.train
 
 from rayaccel.core.records import STEP_LOG_KEY, WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.storage import RunFolder, resolve_path
+from rayaccel.train.trackers import finish_mlflow, open_writers, warn
 
 # Where each tracker's files live in the run folder (and its local mirror).
 TRACKING_DIRS = ("tensorboard", "mlflow", "wandb")
@@ -252,8 +253,6 @@ class Tracking(ray.train.UserCallback):
             self.writers = {}
 
     def _log(self, metrics: list[dict]) -> None:
-        from rayaccel.train.trackers import open_writers
-
         row = {k: v for k, v in metrics[0].items() if k not in (WORKER_FACTS_KEY, STEP_LOG_KEY)}
         record = EpochRecord.from_row(row)
         if self.writers is None:
@@ -307,8 +306,6 @@ def finish_tracking(
     if settings.mlflow is None:
         return
     try:
-        from rayaccel.train.trackers import finish_mlflow
-
         files = TrackingFiles(folder)
         files.pull()
         state = files.read_state()
@@ -323,7 +320,3 @@ def finish_tracking(
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def warn(line: str) -> None:
-    print(f"[rayaccel] warning: {line}", file=sys.stderr, flush=True)
