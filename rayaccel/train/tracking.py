@@ -244,13 +244,16 @@ class Tracking(ray.train.UserCallback):
         self.writers: dict | None = None
         self.files: TrackingFiles | None = None
         self.state: TrackingState | None = None
+        self.stopped = False
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
+        if self.stopped:
+            return
         try:
             self._log(metrics)
         except Exception as err:  # tracking never stops a training run
             warn(f"tracking stopped: {err!r}")
-            self.writers = {}
+            self.stopped = True
 
     def _log(self, metrics: list[dict]) -> None:
         row = {k: v for k, v in metrics[0].items() if k not in (WORKER_FACTS_KEY, STEP_LOG_KEY)}

@@ -206,3 +206,13 @@ def test_wandb_offline_run_is_continued_by_its_id(tmp_path):
     assert state["wandb"]["next_epoch"] == 3
     parts = sorted(p.name for p in (tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(parts) == 2 and all(name.endswith(f"-{run_id}") for name in parts)
+
+
+def test_a_broken_tracking_folder_warns_once_and_never_raises(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tracking.json").write_text("{not json")
+    tracking = Tracking(RunFolder(str(tmp_path / "run")), _settings(tensorboard=True))
+    for epoch in (0, 1):
+        tracking.after_report(None, _report(epoch, 0.5), None)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "tracking stopped: JSONDecodeError" in warnings[0]
