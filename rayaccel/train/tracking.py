@@ -198,24 +198,16 @@ class TrackingFiles:
             return
         # The run folder is the truth: a mirror left by an earlier run there is dropped.
         shutil.rmtree(self.local_dir, ignore_errors=True)
-        os.makedirs(self.local_dir, exist_ok=True)
         fs, root = resolve_path(self.folder.location)
-        local = pafs.LocalFileSystem()
         for name in (*TRACKING_DIRS, STATE_FILE):
-            if fs.get_file_info(f"{root}/{name}").type != pafs.FileType.NotFound:
-                pafs.copy_files(f"{root}/{name}", os.path.join(self.local_dir, name), fs, local)
+            _copy_tree(fs, f"{root}/{name}", pafs.LocalFileSystem(), self.path(name))
 
     def push(self) -> None:
         if not self.remote:
             return
         fs, root = resolve_path(self.folder.location)
-        local = pafs.LocalFileSystem()
         for name in (*TRACKING_DIRS, STATE_FILE):
-            source = os.path.join(self.local_dir, name)
-            if os.path.exists(source):
-                if os.path.isdir(source):
-                    fs.create_dir(f"{root}/{name}", recursive=True)
-                pafs.copy_files(source, f"{root}/{name}", local, fs)
+            _copy_tree(pafs.LocalFileSystem(), self.path(name), fs, f"{root}/{name}")
 
     def path(self, name: str) -> str:
         return os.path.join(self.local_dir, name)
@@ -231,6 +223,28 @@ class TrackingFiles:
         os.makedirs(self.local_dir, exist_ok=True)
         with open(self.path(STATE_FILE), "w") as f:
             f.write(state.to_json())
+
+
+def _copy_tree(
+    source_fs: pafs.FileSystem, source: str, target_fs: pafs.FileSystem, target: str
+) -> None:
+    """Copies a file, or a folder's files, creating the folders they need (pyarrow's
+    `copy_files` does not create them on a local target); an absent source copies nothing."""
+    info = source_fs.get_file_info(source)
+    if info.type == pafs.FileType.File:
+        pairs = [(source, target)]
+    elif info.type == pafs.FileType.Directory:
+        selector = pafs.FileSelector(source, recursive=True)
+        pairs = [
+            (entry.path, target + entry.path[len(source) :])
+            for entry in source_fs.get_file_info(selector)
+            if entry.type == pafs.FileType.File
+        ]
+    else:
+        return
+    for from_path, to_path in pairs:
+        target_fs.create_dir(to_path.rsplit("/", 1)[0], recursive=True)
+        pafs.copy_files(from_path, to_path, source_fs, target_fs)
 
 
 # ---------------------------------------------------------------- the callback

@@ -216,3 +216,18 @@ def test_a_broken_tracking_folder_warns_once_and_never_raises(tmp_path, capsys):
         tracking.after_report(None, _report(epoch, 0.5), None)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "tracking stopped: JSONDecodeError" in warnings[0]
+
+
+def test_copy_tree_creates_the_folders_a_mirror_needs(tmp_path):
+    import pyarrow.fs as pafs
+
+    from rayaccel.train.tracking import _copy_tree
+
+    nested = tmp_path / "from" / "mlflow" / "artifacts" / "abc"
+    nested.mkdir(parents=True)
+    (nested / "summary.json").write_text("{}")
+    local = pafs.LocalFileSystem()
+    _copy_tree(local, str(tmp_path / "from" / "mlflow"), local, str(tmp_path / "to" / "mlflow"))
+    _copy_tree(local, str(tmp_path / "from" / "absent"), local, str(tmp_path / "to" / "absent"))
+    assert (tmp_path / "to" / "mlflow" / "artifacts" / "abc" / "summary.json").read_text() == "{}"
+    assert not (tmp_path / "to" / "absent").exists()
