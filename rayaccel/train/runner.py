@@ -3,9 +3,10 @@
 The run folder (`run.storage_path/run.name`, local or any pyarrow URI) holds `job.yaml` (the
 resolved job), `plan.json`, `metrics.jsonl` (every epoch, written by a controller-side
 callback because Ray Train only keeps metrics that came with a checkpoint), Ray's
-checkpoints and `summary.json`. Running the same job name again continues from the latest
-checkpoint: Ray Train restores a run from its storage folder, and the loop skips the epochs
-the checkpoint already holds.
+checkpoints and `summary.json`; with a `tracking:` section, the trackers' files too
+(`rayaccel.train.tracking`, another controller-side callback). Running the same job name
+again continues from the latest checkpoint: Ray Train restores a run from its storage
+folder, and the loop skips the epochs the checkpoint already holds.
 
 A curriculum plan gets one training dataset per stage (`train_s0`, `train_s1`, ..., each with
 its stage's RandAugment magnitude and, in `resize` mode, its down-sampling) and, in `resize`
