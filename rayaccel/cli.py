@@ -1,4 +1,4 @@
-"""`rayaccel` command line: validate, plan, run, submit, report and data prepare.
+"""`rayaccel` command line: validate, plan, run, submit, tune, report, schema and data prepare.
 
 Bad input exits with status 2 and one line per problem, never a traceback; a failed
 training run exits with status 1 and its root cause.
@@ -7,7 +7,6 @@ training run exits with status 1 and its root cause.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 
@@ -70,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--show-job", action="store_true", help="also print the resolved job, after the plan"
     )
-    job_command("run", _run, "train a job on the connected (or a new local) Ray cluster")
+    run = job_command("run", _run, "train a job on the connected (or a new local) Ray cluster")
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's own output on the console (it always goes to ray.log in the "
+        "run folder)",
+    )
 
     from rayaccel.submit import add_submit_arguments
 
@@ -97,6 +102,18 @@ def _parser() -> argparse.ArgumentParser:
         help="where to write the best configuration (default: the search folder)",
     )
     tune.set_defaults(handler=_tune)
+
+    schema = commands.add_parser(
+        "schema",
+        help="print the job JSON Schema (or the Markdown reference)",
+        description="Print the job files' JSON Schema, generated from rayaccel's job models, "
+        "for editors' completion and checking; --markdown prints the field reference instead; "
+        "--write DIR writes both (job-schema.json, reference.md) into DIR.",
+    )
+    output = schema.add_mutually_exclusive_group()
+    output.add_argument("--markdown", action="store_true", help="print the Markdown reference")
+    output.add_argument("--write", metavar="DIR", help="write job-schema.json and reference.md")
+    schema.set_defaults(handler=_schema)
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -175,6 +192,7 @@ def _plan(args) -> int:
 
 
 def _run(args) -> int:
+    from rayaccel.models.weights import WeightsError
     from rayaccel.plan import PlanError
     from rayaccel.train.runner import RunFailed, run_job
 
@@ -182,14 +200,12 @@ def _run(args) -> int:
     _check_model(job, args.job)
     _check_trackers(job, args.job)
     try:
-        summary = run_job(job)
-    except PlanError as err:
+        run_job(job, console=True, verbose=args.verbose)
+    except (PlanError, WeightsError) as err:
         raise ConfigError([f"{args.job}: {err}"]) from None
     except RunFailed as err:
         print(f"rayaccel: run failed: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, indent=2))
-    print(f"[rayaccel] results in {summary['run_folder']}")
     return 0
 
 
@@ -210,6 +226,17 @@ def _check_trackers(job, source: str) -> None:
     problems = tracking_problems(job.tracking)
     if problems:
         raise ConfigError([f"{source}: {line}" for line in problems])
+
+
+def _schema(args) -> int:
+    from rayaccel.config.reference import reference_markdown, schema_text, write_generated
+
+    if args.write:
+        for path in write_generated(args.write):
+            print(f"[rayaccel] wrote {path}")
+    else:
+        print(reference_markdown() if args.markdown else schema_text(), end="")
+    return 0
 
 
 def _tune(args) -> int:

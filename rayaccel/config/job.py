@@ -42,15 +42,16 @@ from rayaccel.optim.registry import OPTIMIZER_NAMES
 class RandomResizedCropConfig(Strict):
     """RandomResizedCrop, the crop of every ImageNet recipe (torchvision's, timm's defaults)."""
 
-    # Bounds of the crop's area as a fraction of the photo's.
     scale: tuple[float, float] = (0.08, 1.0)
-    # Bounds of the crop's width / height (drawn log-uniformly).
+    """Bounds of the crop's area as a fraction of the photo's."""
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    # stage: resample each crop straight to the curriculum stage's px (the cheap path: small
-    # JPEG decodes, RandAugment on small images); image: to data.image_size_px, augment, then
-    # down-sample to the stage's px (the EfficientTrain++ release's order). Without a
-    # `curriculum: {mode: resize}` both are data.image_size_px.
+    """Bounds of the crop's width / height (drawn log-uniformly)."""
     resize_to: Literal["stage", "image"] = "stage"
+    """stage: resample each crop straight to the curriculum stage's px (the cheap path: small JPEG
+    decodes, RandAugment on small images); image: to data.image_size_px, augment, then
+    down-sample to the stage's px (the EfficientTrain++ release's order). Without a
+    `curriculum: {mode: resize}` both are data.image_size_px.
+    """
 
     @field_validator("scale")
     @classmethod
@@ -71,13 +72,16 @@ class AugmentConfig(Strict):
     """CPU-side augmentation applied by Ray Data before batches reach the workers."""
 
     random_crop_padding_px: int = Field(0, ge=0, le=64)
+    """Pads by this many px (zeros) and crops back at a random offset (0: off; 4 for CIFAR)."""
     horizontal_flip: bool = False
-    # null: off. Replaces the padded random crop (set random_crop_padding_px 0).
+    """Flips half the images left-right."""
     random_resized_crop: RandomResizedCropConfig | None = None
-    # A timm augmentation string as timm's --aa flag takes it (rand-m9-mstd0.5-inc1,
-    # augmix-m5-w4-d2, original, v0) or trivialaugment (torchvision's TrivialAugmentWide);
-    # applied after the crop and flip. A curriculum's RandAugment ramp replaces it.
+    """null: off. Replaces the padded random crop (set random_crop_padding_px 0)."""
     auto_augment: str | None = None
+    """A timm augmentation string as timm's --aa flag takes it (rand-m9-mstd0.5-inc1,
+    augmix-m5-w4-d2, original, v0) or trivialaugment (torchvision's TrivialAugmentWide);
+    applied after the crop and flip. A curriculum's RandAugment ramp replaces it.
+    """
 
     @field_validator("auto_augment")
     @classmethod
@@ -91,59 +95,80 @@ class AugmentConfig(Strict):
             )
         return policy
 
-    # Zeroes one square of this side per image, on the worker (0: off; 8 px for CIFAR).
     cutout_px: int = Field(0, ge=0, le=1024)
-    # Worker-side augmentation (data.mode: device crops and flips, cutout) shares one random
-    # choice per this many consecutive shuffled samples, as the CIFAR record runs do.
+    """Zeroes one square of this side per image, on the worker (0: off; 8 px for CIFAR)."""
     samples_per_choice: int = Field(1, ge=1, le=4096)
+    """Worker-side augmentation (data.mode: device crops and flips, cutout) shares one random choice
+    per this many consecutive shuffled samples, as the CIFAR record runs do.
+    """
 
 
 class ParquetData(Strict):
     """The training data: parquet shards written by `rayaccel data prepare` (local path or
     pyarrow URI), or a class-per-folder image tree read at run time (`rayaccel.data.folder`)."""
 
-    # parquet: prepared shards; imagefolder: train/val are class-per-folder trees (a disk
-    # every node sees, or a URI) read file by file (needs data.mean/std or data.card).
     source: Literal["parquet", "imagefolder"] = "parquet"
+    """parquet: prepared shards; imagefolder: train/val are class-per-folder trees (a disk every
+    node sees, or a URI) read file by file (needs data.mean/std or data.card).
+    """
     train: str
+    """The training split: a folder written by `rayaccel data prepare`, or an image tree with
+    data.source: imagefolder; a local path (relative to where rayaccel runs) or a URI (s3://,
+    gs://)."""
     val: str | None = None
-    # None means: take it from the train split's metadata.json.
+    """The validation split, as data.train; null: no evaluation."""
     image_size_px: int | None = Field(None, ge=8, le=4096)
+    """None means: take it from the train split's metadata.json."""
     channels: Literal[1, 3] | None = None
+    """Image channels; null: from the train split's metadata.json."""
     num_classes: int | None = Field(None, ge=2)
+    """Classes; null: from the train split's metadata.json."""
     mean: list[float] | None = None
+    """Per-channel normalisation mean in [0, 1] units; null: the train split's measured statistics."""
     std: list[float] | None = None
+    """Per-channel normalisation std in [0, 1] units; null: the train split's measured statistics."""
     on_bad_row: Literal["fail", "skip"] = "fail"
+    """An undecodable image or out-of-range label: fail names its shard and row; skip leaves it out
+    and counts it (bad_rows_skipped)."""
     augment: AugmentConfig = AugmentConfig()
     decode_batch_rows: int = Field(256, ge=1)
-    # windows: each epoch reads windows of shuffle_window_rows consecutive rows in a seeded
-    # random order, each window's rows permuted (prepared shards store rows in random order);
-    # a resumed run reads exactly the order an uninterrupted one would. full: Ray Data's
-    # all-to-all shuffle of the whole split every epoch (costlier, not resume-exact).
+    """Rows per Ray Data decode/augment batch."""
     shuffle: Literal["windows", "full"] = "windows"
+    """windows: each epoch reads windows of shuffle_window_rows consecutive rows in a seeded random
+    order, each window's rows permuted (prepared shards store rows in random order); a
+    resumed run reads exactly the order an uninterrupted one would. full: Ray Data's
+    all-to-all shuffle of the whole split every epoch (costlier, not resume-exact).
+    """
     shuffle_window_rows: int = Field(1024, ge=1)
-    # Evaluation crop: resize the shorter side to size / eval_crop_pct, take the centre
-    # square. None: the timm model's pretrained crop_pct with a RandomResizedCrop (0.875 when
-    # it has none), else 1.0 (the whole shorter side).
+    """Rows per window of data.shuffle: windows."""
     eval_crop_pct: float | None = Field(None, gt=0, le=1)
-    # Decode JPEGs at a reduced DCT scale when their crop is shrunk anyway (same result up to
-    # the resampling; several times fewer pixels decoded for low-resolution stages).
+    """Evaluation crop: resize the shorter side to size / eval_crop_pct, take the centre square.
+    None: the timm model's pretrained crop_pct with a RandomResizedCrop (0.875 when it has
+    none), else 1.0 (the whole shorter side).
+    """
     reduced_decode: bool = True
-    # Keep each decoded validation split in the object store after its first use, when the
-    # run's validation copies fit in a quarter of it.
+    """Decode JPEGs at a reduced DCT scale when their crop is shrunk anyway (same result up to the
+    resampling; several times fewer pixels decoded for low-resolution stages).
+    """
     cache_val: bool = True
-    # classification (one label per image) or segmentation (a class per pixel, `mask`
-    # column); None means: take it from the train split's metadata.json.
+    """Keep each decoded validation split in the object store after its first use, when the run's
+    validation copies fit in a quarter of it.
+    """
     task: Literal["classification", "segmentation"] | None = None
-    # ray: Ray Data decodes and augments every epoch on CPU tasks; device: each worker decodes
-    # its disjoint part of the splits once, keeps the uint8 pixels on its device and augments
-    # whole batches there (datasets that fit in device memory, e.g. CIFAR or Fashion-MNIST);
-    # an EfficientTrain++ curriculum then down-samples on the worker in either of its modes.
+    """classification (one label per image) or segmentation (a class per pixel, `mask` column); None
+    means: take it from the train split's metadata.json.
+    """
     mode: Literal["ray", "device"] = "ray"
-    # What `rayaccel plan` and `validate` assume where the data folders are absent (a job
-    # written for a cluster's disk): a known data set's published facts, or facts stated
-    # here. Training always reads the data, and the data's metadata wins where it exists.
+    """ray: Ray Data decodes and augments every epoch on CPU tasks; device: each worker decodes its
+    disjoint part of the splits once, keeps the uint8 pixels on its device and augments whole
+    batches there (datasets that fit in device memory, e.g. CIFAR or Fashion-MNIST); an
+    EfficientTrain++ curriculum then down-samples on the worker in either of its modes.
+    """
     card: Literal[CARD_NAMES] | None = None
+    """What `rayaccel plan` and `validate` assume where the data folders are absent (a job written
+    for a cluster's disk): a known data set's published facts, or facts stated here. Training
+    always reads the data, and the data's metadata wins where it exists.
+    """
     facts: DatasetFacts | None = None
 
     @field_validator("std")
@@ -209,16 +234,70 @@ DataConfig = ParquetData
 
 
 # ---------------------------------------------------------------- model
-class ResNet9Model(Strict):
+class _InitialWeights(Strict):
+    """The checks of `pretrained` and `init_checkpoint`, where a model's first weights come
+    from: random (the default), timm's pretrained weights, or a file or run folder
+    (`rayaccel.models.weights`)."""
+
+    @field_validator("init_checkpoint", check_fields=False)
+    @classmethod
+    def _weights_exist(cls, location: str | None) -> str | None:
+        # URIs are read when the run starts; a local path is checked now, with its kind.
+        if location is None or "://" in location:
+            return location
+        from rayaccel.models.weights import WEIGHT_FILE_SUFFIXES
+
+        path = Path(location).expanduser()
+        if not path.exists():
+            raise ValueError(f"no such file or folder: {path.absolute()}")
+        if path.is_file() and not location.endswith(WEIGHT_FILE_SUFFIXES):
+            raise ValueError(
+                f"{location} is not a weight file (expected {', '.join(WEIGHT_FILE_SUFFIXES)}) "
+                "or a run folder"
+            )
+        return str(path)
+
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> _InitialWeights:
+        if self.pretrained and self.init_checkpoint is not None:
+            raise cross_field_error(
+                ["model.init_checkpoint: set model.pretrained or model.init_checkpoint, not both"]
+            )
+        if self.pretrained:
+            from rayaccel.models.weights import pretrained_problem
+
+            if (problem := pretrained_problem(self.name)) is not None:
+                raise cross_field_error([f"model.pretrained: {problem}"])
+        return self
+
+
+_INIT_CHECKPOINT_DOC = (
+    "Start from these weights: a .safetensors or .pth/.pt state dict (also nested under "
+    "state_dict/model, DDP's module. prefixes removed), or a rayaccel run folder (its latest "
+    "checkpoint's model); a local path or a URI. A classifier for another class count is "
+    "re-initialised; the run's `init weights` line names what did not fit. A resumed run "
+    "restores its own checkpoint instead."
+)
+
+
+class ResNet9Model(_InitialWeights):
     """The built-in myrtle.ai ResNet-9."""
 
     name: Literal["resnet9"]
+    """rayaccel's own ResNet-9 (any other name is a timm model)."""
     width_multiplier: float = Field(1.0, gt=0, le=8)
+    """Scales every channel count (64-128-256-512); 0.25 gives a ~0.4M-parameter model."""
     activation: Literal["relu", "celu"] = "relu"
+    """relu (the original) or celu (smooth, alpha 0.075)."""
     pool_before_activation: bool = False
+    """conv-pool-BN-act instead of conv-BN-act-pool: BN and the activation on a quarter of
+    the pixels (a myrtle.ai speed-up)."""
+    pretrained: bool = False
+    """Not available: resnet9 has no published weights (use init_checkpoint)."""
+    init_checkpoint: str | None = Field(None, description=_INIT_CHECKPOINT_DOC)
 
 
-class TimmModel(Strict):
+class TimmModel(_InitialWeights):
     """Any timm model, built with `timm.create_model(name, **kwargs)`.
 
     For a segmentation data set the model is a timm backbone (`features_only`) with a small
@@ -227,9 +306,18 @@ class TimmModel(Strict):
     """
 
     name: str = Field(min_length=1)
+    """A timm model name (`timm.list_models()`), optionally with a pretrained tag
+    (resnet50.a1_in1k)."""
     kwargs: dict[str, Any] = {}
-    # Segmentation only; None means 64.
+    """More `timm.create_model` arguments, e.g. drop_path_rate, img_size (num_classes and
+    in_chans come from the data)."""
     fpn_channels: int | None = Field(None, ge=8, le=1024)
+    """Segmentation only: channels of the FPN neck and head; None means 64."""
+    pretrained: bool = False
+    """Start from timm's pretrained weights, fetched once by the driver through timm's hub
+    cache (HF_HOME, HF_ENDPOINT) and shipped to the workers; a classifier for another class
+    count is re-initialised. A resumed run restores its own checkpoint instead."""
+    init_checkpoint: str | None = Field(None, description=_INIT_CHECKPOINT_DOC)
 
     @field_validator("kwargs")
     @classmethod
@@ -238,7 +326,7 @@ class TimmModel(Strict):
         if reserved:
             raise ValueError(
                 f"{sorted(reserved)} are set by rayaccel (num_classes and in_chans come from "
-                "data; pretrained weights cannot be downloaded at run time); remove them"
+                "data; for timm's weights set model.pretrained: true); remove them"
             )
         return kwargs
 
@@ -260,15 +348,19 @@ class OptimizerConfig(Strict):
     decay (nor, with LARS and LAMB, a trust ratio)."""
 
     name: Literal[OPTIMIZER_NAMES] = "sgd"
+    """sgd (Nesterov momentum), adamw, lars or lamb."""
     lr: float = Field(gt=0, le=100)
-    # SGD and LARS.
+    """Peak learning rate (at train.lr_scaling.base_batch when train.lr_scaling is set)."""
     momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD and LARS."""
     nesterov: bool = True
+    """Nesterov momentum (SGD)."""
     weight_decay: float = Field(5e-4, ge=0)
-    # AdamW and LAMB.
+    """Decoupled for AdamW and LAMB; never applied to norms and biases."""
     betas: tuple[float, float] = (0.9, 0.999)
-    # LARS's eta: the per-layer rate is lr * eta * |w| / (|g| + weight_decay * |w|).
+    """AdamW and LAMB."""
     trust_coefficient: float = Field(0.001, gt=0, le=1)
+    """LARS's eta: the per-layer rate is lr * eta * |w| / (|g| + weight_decay * |w|)."""
 
     @field_validator("betas")
     @classmethod
@@ -291,10 +383,16 @@ class LrScalingSection(Strict):
     """
 
     rule: Literal["linear", "sqrt", "fitted", "none"]
+    """linear (exponent 1), sqrt (0.5), fitted (alpha) or none (0)."""
     base_batch: int = Field(ge=1)
+    """The batch size train.optimizer.lr was tuned at."""
     alpha: float | None = Field(None, ge=0, le=2)
+    """The exponent of rule fitted, as an LR-scaling search writes it."""
     lr_max: float | None = Field(None, gt=0, le=100)
+    """Cap on the scaled rate; null: none."""
     scale_warmup: bool = False
+    """Lengthen the warmup by one train.schedule.warmup_epochs per doubling of the batch beyond
+    base_batch."""
 
     @model_validator(mode="after")
     def _alpha_with_fitted(self) -> LrScalingSection:
@@ -314,7 +412,9 @@ class CosineSchedule(Strict):
 
     name: Literal["cosine"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
+    """Linear warmup from 0, in epochs (fractions allowed)."""
     final_fraction: float = Field(0.0, ge=0, le=1)
+    """The rate at the end, as a fraction of the peak."""
 
 
 class PiecewiseSchedule(Strict):
@@ -322,6 +422,7 @@ class PiecewiseSchedule(Strict):
 
     name: Literal["piecewise"]
     points: list[tuple[float, float]] = Field(min_length=2)
+    """[epoch, multiplier of train.optimizer.lr] points, epochs increasing; linear in between."""
 
     @field_validator("points")
     @classmethod
@@ -353,21 +454,33 @@ ScheduleConfig = Annotated[
 
 
 class TrainConfig(Strict):
+    """How long and how to train: epochs, batch, optimizer, schedule, loss and precision."""
+
     epochs: int = Field(gt=0, le=100_000)
+    """Full passes over the training split (a curriculum's budget_epochs replaces it)."""
     global_batch_size: int = Field(gt=0)
+    """Images per optimizer step over all workers; a multiple of scaling.num_workers."""
     optimizer: OptimizerConfig
+    """The optimizer and its hyper-parameters."""
     schedule: ScheduleConfig = CosineSchedule()
+    """The learning-rate schedule (name: cosine or piecewise)."""
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """Label smoothing of the cross-entropy loss (0.1 in most ImageNet recipes)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    # NHWC activations and weights: convolutions take their channels-last kernels (tensor
-    # cores under autocast on GPUs, oneDNN's NHWC path on CPUs). Off by default: layers
-    # that `view` NCHW tensors in user models would fail.
+    """fp32, or autocast to bf16 (CPU or GPU) or fp16 (GPU, with a grad scaler)."""
     channels_last: bool = False
+    """NHWC activations and weights: convolutions take their channels-last kernels (tensor cores
+    under autocast on GPUs, oneDNN's NHWC path on CPUs). Off by default: layers that `view`
+    NCHW tensors in user models would fail.
+    """
     seed: int = 0
+    """Seeds the model initialisation, the data order and the augmentation."""
     eval_every_epochs: int = Field(1, ge=1)
+    """Evaluate every this many epochs (and always after the last)."""
     log_every_steps: int = Field(20, ge=1)
-    # None: train.optimizer.lr is the rate at train.global_batch_size.
+    """Rank 0's progress line every this many steps."""
     lr_scaling: LrScalingSection | None = None
+    """None: train.optimizer.lr is the rate at train.global_batch_size."""
 
 
 def task_problems(job: JobConfig) -> list[str]:
@@ -401,20 +514,25 @@ def task_problems(job: JobConfig) -> list[str]:
 
 # ---------------------------------------------------------------- scaling
 class ScalingSection(Strict):
-    # An integer, or [min, max] for elastic training: Ray Train starts as many workers as the
-    # cluster has room for (at least min), and restarts the group from the latest checkpoint
-    # with more workers when room appears or with fewer after losing a node.
+    """How many Ray Train workers, with what resources, placed how."""
+
     num_workers: int | tuple[int, int] = 1
+    """An integer, or [min, max] for elastic training: Ray Train starts as many workers as the
+    cluster has room for (at least min), and restarts the group from the latest checkpoint
+    with more workers when room appears or with fewer after losing a node.
+    """
     use_gpu: bool = False
-    # Ray resources each training worker reserves; None means 1 CPU (plus 1 GPU with use_gpu).
+    """One GPU per training worker (CUDA)."""
     resources_per_worker: dict[str, float] | None = None
-    # CPUs each Ray Data decode/augment task reserves; fractions let them share cores.
+    """Ray resources each training worker reserves; None means 1 CPU (plus 1 GPU with use_gpu)."""
     preprocess_cpus: float = Field(1.0, gt=0)
-    # How the workers are placed: PACK (as few nodes as possible), SPREAD (across nodes where
-    # possible), STRICT_PACK (one node) or STRICT_SPREAD (every worker on its own node).
+    """CPUs each Ray Data decode/augment task reserves; fractions let them share cores."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    # Elastic ranges only: seconds between checks whether the cluster has room for more workers.
+    """How the workers are placed: PACK (as few nodes as possible), SPREAD (across nodes where
+    possible), STRICT_PACK (one node) or STRICT_SPREAD (every worker on its own node).
+    """
     resize_check_interval_s: float = Field(60.0, gt=0)
+    """Elastic ranges only: seconds between checks whether the cluster has room for more workers."""
 
     @field_validator("num_workers", mode="before")
     @classmethod
@@ -461,11 +579,19 @@ class ScalingSection(Strict):
 
 # ---------------------------------------------------------------- run
 class RunSection(Strict):
+    """Where the run folder goes, how often it is checkpointed and how failures restart."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)
+    """The run's folder name under storage_path; running the same name again resumes it."""
     storage_path: str = "runs"
+    """Where run folders go: a local folder or a URI (s3://, gs://); a multi-node cluster needs
+    storage every node reaches."""
     checkpoint_every_epochs: int = Field(1, ge=1)
+    """Checkpoint every this many epochs (and after the last)."""
     keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept (the newest)."""
     max_failures: int = Field(0, ge=-1)
+    """Worker-group restarts from the latest checkpoint after a failure; -1: unlimited."""
 
     @field_validator("storage_path")
     @classmethod
@@ -487,30 +613,36 @@ _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;
 class MlflowTracking(Strict):
     """MLflow: one run per rayaccel run, continued when the job is resumed."""
 
-    # null: a SQLite store in the run folder (mlflow/mlflow.db, artifacts in mlflow/artifacts;
-    # MLflow 3 refuses new file stores). Else any URI MLflow takes (http://host:5000, sqlite:///...).
     tracking_uri: str | None = None
+    """null: a SQLite store in the run folder (mlflow/mlflow.db, artifacts in
+    mlflow/artifacts; MLflow 3 refuses new file stores); else any tracking URI MLflow takes
+    (http://host:5000, sqlite:///path.db)."""
     experiment: str = Field("rayaccel", min_length=1)
+    """The MLflow experiment the run is logged in (created if new)."""
 
 
 class WandbTracking(Strict):
     """Weights & Biases (needs `pip install wandb`); its files go under <run folder>/wandb."""
 
     project: str = Field("rayaccel", min_length=1)
+    """The W&B project."""
     entity: str | None = None
-    # offline: nothing leaves the machine (`wandb sync <run folder>/wandb/offline-run-*` uploads
-    # later); online: needs `wandb login` where the Ray Train controller runs.
+    """The W&B team or user; null: the default of the logged-in account."""
     mode: Literal["offline", "online"] = "offline"
+    """offline: nothing leaves the machine (`wandb sync <run folder>/wandb/offline-run-*`
+    uploads later); online: needs `wandb login` where the Ray Train controller runs."""
 
 
 class TrackingSection(Strict):
-    """Experiment trackers the run also logs to (all off by default; see docs/tracking.md)."""
+    """Experiment trackers the run also logs to, every epoch once across resumes (all off by
+    default; see docs/tracking.md)."""
 
-    # Event files in <run folder>/tensorboard: `tensorboard --logdir <storage_path>`.
     tensorboard: bool = False
-    # true or a mapping turns a tracker on; null/false leaves it off.
+    """Event files in <run folder>/tensorboard: `tensorboard --logdir <storage_path>`."""
     mlflow: MlflowTracking | None = None
+    """true or a mapping: log to MLflow; null or false: off."""
     wandb: WandbTracking | None = None
+    """true or a mapping: log to Weights & Biases; null or false: off."""
 
     @field_validator("mlflow", "wandb", mode="before")
     @classmethod
@@ -568,10 +700,12 @@ class _JobCore(Strict):
 
     data: DataConfig
     model: ModelConfig
+    """resnet9 (rayaccel's ResNet-9) or any timm model by name, and its first weights."""
     train: TrainConfig
     scaling: ScalingSection = ScalingSection()
     run: RunSection
     tracking: TrackingSection = TrackingSection()
+    """TensorBoard, MLflow and W&B logging (docs/tracking.md)."""
 
     @model_validator(mode="after")
     def _cross_field(self) -> _JobCore:
@@ -948,10 +1082,10 @@ class _TrainFacts:
     mean: list[float]
     std: list[float]
     task: str
-    # "<where> holds" / "<card> describes", for messages about the split.
     holder: str
-    # Why there is no one image size, for the data.image_size_px message.
+    """"<where> holds" / "<card> describes", for messages about the split."""
     unsized: str
+    """Why there is no one image size, for the data.image_size_px message."""
 
 
 def _train_facts(

@@ -23,9 +23,13 @@ def variant_key_error(key: str) -> str:
 
 
 class Strict(BaseModel):
-    """A YAML section: unknown keys are errors (with the allowed ones listed), values frozen."""
+    """A YAML section: unknown keys are errors (with the allowed ones listed), values frozen.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    A field's docstring (the string literal under it) is its description in the job schema
+    (`rayaccel schema`) and the generated reference (docs/reference.md).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def cross_field_error(problems: list[str]) -> ValueError:

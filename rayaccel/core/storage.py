@@ -14,6 +14,11 @@ import pyarrow.fs as pafs
 
 from rayaccel.core.records import EpochRecord, records_of
 
+# Inside every checkpoint folder: what `rayaccel.train.checkpoint` saves (model, optimizer, ...).
+CHECKPOINT_STATE_FILE = "state.pt"
+# Ray Train names a run's checkpoint folders `checkpoint_<timestamp>`, so they sort by age.
+CHECKPOINT_PREFIX = "checkpoint_"
+
 
 def resolve_path(dir_or_uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """Filesystem and path for a local path (relative is fine) or a URI such as ``s3://b/x``."""
@@ -26,6 +31,27 @@ def resolve_path(dir_or_uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 def absolute_location(location: str) -> str:
     """A URI as it is, a local path made absolute (Ray workers run in another folder)."""
     return location if "://" in location else os.path.abspath(location)
+
+
+def latest_checkpoint(run_dir_or_uri: str) -> str | None:
+    """The newest checkpoint folder of a run folder that holds a saved state, else None."""
+    fs, root = resolve_path(run_dir_or_uri)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return None
+    folders = sorted(
+        info.path
+        for info in fs.get_file_info(pafs.FileSelector(root))
+        if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)
+    )
+    for folder in reversed(folders):
+        if fs.get_file_info(f"{folder}/{CHECKPOINT_STATE_FILE}").type == pafs.FileType.File:
+            return folder if "://" not in run_dir_or_uri else _as_uri(run_dir_or_uri, root, folder)
+    return None
+
+
+def _as_uri(location: str, root: str, path: str) -> str:
+    """`path` (a filesystem path under `root`) as a URI of `location`'s scheme."""
+    return location.rstrip("/") + path[len(root.rstrip("/")) :]
 
 
 @dataclass(frozen=True)

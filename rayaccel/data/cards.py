@@ -20,17 +20,23 @@ class DatasetFacts(Strict):
     """What a plan needs to know about a data set without reading it (`data.facts:`)."""
 
     train_images: int = Field(ge=1)
-    # Only compared with the data when it exists; a plan does not need it.
+    """Images in the training split."""
     val_images: int | None = Field(None, ge=1)
+    """Only compared with the data when it exists; a plan does not need it."""
     num_classes: int = Field(ge=2)
+    """Classes."""
     channels: Literal[1, 3]
-    # None: the images differ in size, so the job must set data.image_size_px.
+    """Image channels."""
     image_size_px: int | None = Field(None, ge=8, le=4096)
-    # Per channel, in [0, 1] units: population statistics of the training split, as
-    # `rayaccel data prepare` computes them.
+    """None: the images differ in size, so the job must set data.image_size_px."""
     mean: list[float]
+    """Per channel, in [0, 1] units: population statistics of the training split, as `rayaccel data
+    prepare` computes them.
+    """
     std: list[float]
+    """Per channel, in [0, 1] units, as mean."""
     task: Literal["classification", "segmentation"] = "classification"
+    """classification or segmentation."""
 
     @field_validator("mean", "std")
     @classmethod

@@ -69,6 +69,7 @@ class SegmentationFPN(nn.Module):
         fpn_channels: channels of the neck and of the head's hidden layer.
         out_indices: backbone levels fed to the neck; None picks the deepest level of each
             reduction <= 16 (see the module docstring).
+        pretrained: load timm's pretrained weights into the backbone (downloads them).
         **kwargs: passed on to ``timm.create_model`` (e.g. ``drop_path_rate``).
 
     Raises:
@@ -83,6 +84,7 @@ class SegmentationFPN(nn.Module):
         in_chans: int,
         fpn_channels: int = DEFAULT_FPN_CHANNELS,
         out_indices: tuple[int, ...] | None = None,
+        pretrained: bool = False,
         **kwargs,
     ):
         super().__init__()
@@ -102,7 +104,7 @@ class SegmentationFPN(nn.Module):
         self.backbone = timm.create_model(
             backbone_name,
             features_only=True,
-            pretrained=False,
+            pretrained=pretrained,
             in_chans=in_chans,
             out_indices=out_indices,
             **kwargs,

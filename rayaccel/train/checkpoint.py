@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-STATE_FILE = "state.pt"
+from rayaccel.core.storage import CHECKPOINT_STATE_FILE as STATE_FILE
 
 
 @dataclass

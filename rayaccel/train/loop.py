@@ -27,6 +27,7 @@ import ray.train.torch
 import torch
 
 from rayaccel.core.distributed import all_reduce_sum, barrier
+from rayaccel.core.events import event_line, format_duration
 from rayaccel.core.records import STEP_LOG_KEY, WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.seeds import worker_seed
 from rayaccel.data.device import DeviceDataset, load_device_dataset, load_rows
@@ -38,6 +39,7 @@ from rayaccel.methods.ordering import build_hooks
 from rayaccel.methods.tricks.worker_augment import WorkerAugmentHook
 from rayaccel.models import build_model
 from rayaccel.models.resolution import fit_to_resolution
+from rayaccel.models.weights import InitialWeights, load_initial_weights
 from rayaccel.optim.build import build_optimizer, param_groups, set_lr
 from rayaccel.optim.registry import OptimizerHyperparameters
 from rayaccel.plan import Plan, StagePlan
@@ -53,6 +55,8 @@ from rayaccel.train.spec import DataSpec, LoopSpec, ModelSpec, WorkerSpec
 from rayaccel.train.task import make_task
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# `resources` key of the object ref to the run's `InitialWeights` (read once by the driver).
+INIT_WEIGHTS_KEY = "initial_weights"
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -136,9 +140,16 @@ def setup_hooks(spec: WorkerSpec, context: WorkerContext) -> MethodHooks:
     return build_hooks(spec.methods, context, data_hooks=data_hooks)
 
 
-def setup_model(model: ModelSpec, hooks: MethodHooks) -> torch.nn.Module:
-    """The model as the methods transform it, in its memory layout (not yet wrapped by DDP:
-    `prepare_model` then broadcasts rank 0's weights, whitening filters included)."""
+def setup_model(
+    model: ModelSpec,
+    hooks: MethodHooks,
+    initial_weights: InitialWeights | None = None,
+    *,
+    rank: int = 0,
+) -> torch.nn.Module:
+    """The model, from `initial_weights` if given (rank 0 says what was loaded), as the
+    methods transform it, in its memory layout (not yet wrapped by DDP: `prepare_model`
+    then broadcasts rank 0's weights, whitening filters included)."""
     net = build_model(
         model.name,
         num_classes=model.num_classes,
@@ -146,6 +157,12 @@ def setup_model(model: ModelSpec, hooks: MethodHooks) -> torch.nn.Module:
         task=model.task,
         **model.kwargs,
     )
+    if initial_weights is not None:
+        # Before the methods transform the model: EMA copies and re-parametrisations must
+        # start from the loaded weights.
+        report = load_initial_weights(net, initial_weights)
+        if rank == 0:
+            _say(report)
     net = hooks.transform_model(net)
     if model.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -211,6 +228,9 @@ class Trainer:
     def setup(cls, spec: WorkerSpec, resources: dict) -> Trainer:
         """This Ray Train worker's trainer, restored from the run's latest checkpoint."""
         context = ray.train.get_context()
+        # A restarted worker group restores its checkpoint instead (`restore`).
+        weights_ref = resources.get(INIT_WEIGHTS_KEY)
+        fresh = ray.train.get_checkpoint() is None and spec.loop.start_checkpoint is None
         trainer = cls.build(
             spec,
             rank=context.get_world_rank(),
@@ -218,6 +238,7 @@ class Trainer:
             device=setup_device(spec.loop),
             resources=resources,
             prepare_model=ray.train.torch.prepare_model,
+            initial_weights=ray.get(weights_ref) if weights_ref is not None and fresh else None,
         )
         trainer.state = restore(
             spec.loop,
@@ -240,11 +261,13 @@ class Trainer:
         device: torch.device,
         resources: dict,
         prepare_model=lambda model: model,
+        initial_weights: InitialWeights | None = None,
     ) -> Trainer:
         """The setup steps in order: seed, device data, hooks, model, optimizer, scaler.
 
         `prepare_model` wraps the model for the worker group (Ray Train's, which moves it to
-        the device and wraps it in DDP); the default keeps it as it is.
+        the device and wraps it in DDP); the default keeps it as it is. `initial_weights`:
+        the model's first weights; None: random.
         """
         seed = spec.loop.seed
         torch.manual_seed(seed)
@@ -264,7 +287,7 @@ class Trainer:
                 training_images=functools.partial(training_images, spec.data),
             ),
         )
-        model = prepare_model(setup_model(spec.model, hooks))
+        model = prepare_model(setup_model(spec.model, hooks, initial_weights, rank=rank))
         optimizer = setup_optimizer(spec.optimizer, model, hooks)
         hooks.attach(unwrap(model))
         return cls(
@@ -302,7 +325,12 @@ class Trainer:
     def fit(self) -> dict:
         """Every epoch of the plan from the restored one, each reported to Ray Train."""
         loop = self.spec.loop
-        progress = _Progress(self.plan, enabled=self.rank == 0, every_steps=loop.log_every_steps)
+        progress = _Progress(
+            self.plan,
+            enabled=self.rank == 0,
+            every_steps=loop.log_every_steps,
+            events=loop.console_events,
+        )
         end_epoch = loop.stop_epoch or self.plan.total_epochs
         runtime = ray.get_runtime_context()
         for epoch in range(self.state.next_epoch, end_epoch):
@@ -317,8 +345,11 @@ class Trainer:
             # Per worker; the controller's MetricsLog gathers them into the `workers` list.
             worker = audit.facts(rank=self.rank, node_id=runtime.get_node_id())
             metrics = {**record.to_row(), WORKER_FACTS_KEY: worker}
-            if self.rank == 0:  # its printed steps, for the trackers (`rayaccel.train.tracking`)
-                metrics[STEP_LOG_KEY] = progress.take_logged()
+            if self.rank == 0:  # its shown steps, for the trackers (`rayaccel.train.tracking`)
+                metrics[STEP_LOG_KEY] = [
+                    {**shown, "lr": self.plan.lr_at(epoch, shown["step"] - 1, shown["steps"])}
+                    for shown in progress.take_logged()
+                ]
             self.report(metrics, record.checkpointed)
         return {
             "next_epoch": self.state.next_epoch,
@@ -596,20 +627,33 @@ def evaluate(
 
 
 class _Progress:
-    """Rank 0's progress line: epoch, step, loss, images/s and the ETA of the whole plan.
+    """Rank 0's progress: epoch, step, loss, images/s and the ETA of the whole plan.
 
-    The ETA extrapolates the compute fraction done per second, so it stays right across
-    stages whose steps differ in resolution and batch size.
+    The ETA extrapolates the plan's compute fraction done per second of steady training, so
+    it stays right across stages whose steps differ in resolution and batch size. Each
+    epoch's first step is not steady: its time holds the previous epoch's evaluation and
+    checkpoint and the pipeline's warm-up (the wait for the epoch's first batch). Those
+    boundaries are measured apart and each remaining epoch is charged their mean, so the
+    ETA does not swing from minutes to seconds within an epoch. The first boundary (model
+    build, first pipeline start) happens once and is not charged again.
+
+    With `events`, each progress point is an event line for the driver's console
+    (`rayaccel.core.events`); without (a Ray Tune trial), a readable line.
     """
 
-    def __init__(self, plan: Plan, *, enabled: bool, every_steps: int):
+    def __init__(self, plan: Plan, *, enabled: bool, every_steps: int, events: bool = False):
         self.plan = plan
         self.enabled = enabled
         self.every_steps = every_steps
-        self.window_start_s = time.perf_counter()
+        self.events = events
+        self.last_s = time.perf_counter()
+        self.last_fraction: float | None = None
+        self.steady_s = 0.0
+        self.steady_fraction = 0.0
+        self.boundaries_s: list[float] = []
+        self.window_s = 0.0
         self.window_images = 0
-        self.window_fraction: float | None = None
-        # The printed steps since the last report: epoch images so far, loss, lr, images/s.
+        # The shown steps since the last report: step, epoch images so far, loss, images/s.
         self.logged: list[dict] = []
 
     def step(
@@ -617,32 +661,59 @@ class _Progress:
     ) -> None:
         if not self.enabled:
             return
-        if self.window_fraction is None:
-            self.window_fraction = self.plan.compute_fraction_at(epoch, step, steps)
-        self.window_images += images_in_step
+        now_s = time.perf_counter()
+        fraction = self.plan.compute_fraction_at(epoch, step + 1, steps)
+        if step == 0 or self.last_fraction is None:
+            self.boundaries_s.append(now_s - self.last_s)
+        else:
+            self.steady_s += now_s - self.last_s
+            self.steady_fraction += fraction - self.last_fraction
+            self.window_s += now_s - self.last_s
+            self.window_images += images_in_step
+        self.last_s, self.last_fraction = now_s, fraction
         if (step + 1) % self.every_steps and step + 1 != steps:
             return
-        elapsed_s = time.perf_counter() - self.window_start_s
-        rate = self.window_images / max(elapsed_s, 1e-9)
-        fraction = self.plan.compute_fraction_at(epoch, step + 1, steps)
-        fraction_per_s = (fraction - self.window_fraction) / max(elapsed_s, 1e-9)
-        eta_s = (1 - fraction) / max(fraction_per_s, 1e-12)
-        _say(
-            f"[rayaccel] epoch {epoch + 1}/{self.plan.total_epochs} "
-            f"step {step + 1}/{steps} loss {loss.item():.4f} "
-            f"{rate:,.0f} img/s ETA {_duration(eta_s)}"
-        )
+        rate = self.window_images / self.window_s if self.window_s > 0 else None
+        eta_s = self.eta_s(fraction, epochs_left=self.plan.total_epochs - epoch - 1)
+        self.window_s, self.window_images = 0.0, 0
         self.logged.append(
             {
+                "step": step + 1,
+                "steps": steps,
                 "images": (step + 1) * images_in_step,
                 "loss": loss.item(),
-                "lr": self.plan.lr_at(epoch, step, steps),
-                "images_per_s": rate,
+                **({} if rate is None else {"images_per_s": rate}),
             }
         )
-        self.window_start_s = time.perf_counter()
-        self.window_images = 0
-        self.window_fraction = fraction
+        if self.events:
+            _say(
+                event_line(
+                    "step",
+                    epoch=epoch,
+                    epochs=self.plan.total_epochs,
+                    step=step + 1,
+                    steps=steps,
+                    loss=round(loss.item(), 5),
+                    images_per_s=None if rate is None else round(rate, 1),
+                    eta_s=None if eta_s is None else round(eta_s, 1),
+                )
+            )
+            return
+        _say(
+            f"[rayaccel] epoch {epoch + 1}/{self.plan.total_epochs} "
+            f"step {step + 1}/{steps} loss {loss.item():.4f}"
+            + ("" if rate is None else f" {rate:,.0f} img/s")
+            + ("" if eta_s is None else f" ETA {format_duration(eta_s)}")
+        )
+
+    def eta_s(self, fraction: float, *, epochs_left: int) -> float | None:
+        """Seconds left: the steady rate over what remains, plus each remaining epoch's
+        boundary at the mean measured after the first; None before a steady step."""
+        if self.steady_s <= 0 or self.steady_fraction <= 0:
+            return None
+        later = self.boundaries_s[1:]
+        boundary_s = sum(later) / len(later) if later else 0.0
+        return (1 - fraction) * self.steady_s / self.steady_fraction + epochs_left * boundary_s
 
     def take_logged(self) -> list[dict]:
         """The steps printed since the last call."""
@@ -654,12 +725,3 @@ def _say(line: str) -> None:
     # Ray Train patches `print` into a logger that echoes each line twice on the driver.
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-        if seconds >= 3600
-        else (f"{seconds // 60}m{seconds % 60:02d}s")
-    )

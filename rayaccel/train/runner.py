@@ -18,6 +18,7 @@ is there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -32,8 +33,9 @@ from ray.train.torch import TorchTrainer
 from rayaccel.config import JobConfig, dump_job
 from rayaccel.config.job import TimmModel
 from rayaccel.core.compute import pixel_compute
+from rayaccel.core.events import event_line
 from rayaccel.core.records import STEP_LOG_KEY, WORKER_FACTS_KEY, EpochRecord
-from rayaccel.core.storage import RunFolder
+from rayaccel.core.storage import RunFolder, latest_checkpoint
 from rayaccel.data.cluster import connect_ray
 from rayaccel.data.folder import list_folder, read_split_meta
 from rayaccel.data.pipeline import (
@@ -46,10 +48,12 @@ from rayaccel.data.pipeline import (
 from rayaccel.data.transforms import DEFAULT_CROP_PCT, DEFAULT_RATIO
 from rayaccel.methods.base import DriverPart
 from rayaccel.methods.registry import driver_parts, method_summaries
+from rayaccel.models.weights import InitialWeights, WeightsError, initial_weights
 from rayaccel.plan import Plan, make_plan
 from rayaccel.report import compute_px_images, load_run, write_report
-from rayaccel.train.loop import train_loop_per_worker
-from rayaccel.train.spec import WorkerSpec, build_worker_spec
+from rayaccel.train.console import RunConsole, local_log_path, result_block
+from rayaccel.train.loop import INIT_WEIGHTS_KEY, train_loop_per_worker
+from rayaccel.train.spec import ModelSpec, WorkerSpec, build_worker_spec
 from rayaccel.train.tracking import Tracking, finish_tracking, tracking_settings
 
 
@@ -68,12 +72,15 @@ class MetricsLog(ray.train.UserCallback):
     after a failure or an elastic resize) the loop re-reports from the checkpoint's epoch, so
     entries at or after a reported epoch are replaced: the file always describes the history
     of the model that exists. Each row carries `workers`, one entry per training worker
-    (rank, node, fresh images, sample index digest; see `rayaccel.train.shard_audit`).
+    (rank, node, fresh images, sample index digest; see `rayaccel.train.shard_audit`). With
+    `events` the summary is an event line for the driver's console (its epoch table), else
+    a readable line.
     """
 
-    def __init__(self, folder: RunFolder, total_epochs: int):
+    def __init__(self, folder: RunFolder, total_epochs: int, *, events: bool = False):
         self.folder = folder
         self.total_epochs = total_epochs
+        self.events = events
         self.records: list[EpochRecord] | None = None
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
@@ -89,9 +96,28 @@ class MetricsLog(ray.train.UserCallback):
         self.records = [r for r in self.records if r.epoch < record.epoch]
         self.records.append(record)
         self.folder.write_epochs(self.records)
-        print(
-            epoch_line(record, self.total_epochs, checkpointed=checkpoint is not None), flush=True
-        )
+        if self.events:
+            shown = {k: row.get(k) for k in EPOCH_TABLE_KEYS}
+            line = event_line("epoch", row=shown, checkpoint=checkpoint is not None)
+        else:
+            line = epoch_line(record, self.total_epochs, checkpointed=checkpoint is not None)
+        print(line, flush=True)
+
+
+# What the console's epoch table shows of a record (`rayaccel.train.console.epoch_row`).
+EPOCH_TABLE_KEYS = (
+    "epoch",
+    "stage",
+    "resolution_px",
+    "global_batch",
+    "train_loss",
+    "val_acc",
+    "val_miou",
+    "val_resolution_px",
+    "images_per_s",
+    "data_wait_s",
+    "epoch_time_s",
+)
 
 
 def epoch_line(record: EpochRecord, total_epochs: int, *, checkpointed: bool) -> str:
@@ -147,6 +173,8 @@ def run_job(
     start_checkpoint: str | None = None,
     stop_epoch: int | None = None,
     callbacks: tuple[ray.train.UserCallback, ...] = (),
+    console: bool = False,
+    verbose: bool = False,
 ) -> dict:
     """Trains a data-resolved job on the connected (or a new local) Ray cluster.
 
@@ -156,18 +184,87 @@ def run_job(
             none yet (a search trial continues a previous stage's best checkpoint).
         stop_epoch: Stop before this epoch of the plan; None trains the whole plan.
         callbacks: More Ray Train callbacks, e.g. Ray Tune's `TuneReportCallback`.
+        console: Show the run on rayaccel's console (`rayaccel.train.console`): a start
+            line, progress, the epoch table and the result block, with Ray's own output in
+            the run folder's `ray.log` (`verbose`: on the console too). Without it (a Tune
+            trial, a benchmark) the run prints readable lines among Ray's.
 
     Returns the summary also written to `summary.json`.
     """
     started_s = time.time()
     plan, spec = build_run(job)
-    spec = spec.replace_loop(start_checkpoint=start_checkpoint, stop_epoch=stop_epoch)
+    spec = spec.replace_loop(
+        start_checkpoint=start_checkpoint, stop_epoch=stop_epoch, console_events=console
+    )
     folder = run_folder_of(job)
     folder.write_text("job.yaml", dump_job(job))
     folder.write_text("plan.json", json.dumps(plan.to_dict(), indent=2) + "\n")
-    print(f"[rayaccel] run folder: {folder.location}", flush=True)
+    # Read once here, before Ray starts: a hub out of reach fails in a line, and nodes
+    # without internet get the weights through the object store. A resumed run (or a trial
+    # continuing a checkpoint) restores its own weights instead.
+    resuming = start_checkpoint is not None or latest_checkpoint(folder.location) is not None
+    weights = None if resuming else _initial_weights(spec.model)
+    fit = functools.partial(
+        _fit, job, plan, spec, folder, callbacks, weights=weights, started_s=started_s
+    )
+    if not console:
+        print(f"[rayaccel] run folder: {folder.location}", flush=True)
+        connect_ray()
+        return fit(events=False)
+    log_path, upload = local_log_path(folder.location)
+    view = RunConsole(
+        total_epochs=plan.total_epochs,
+        ray_log_path=log_path,
+        upload=(lambda data: folder.write_bytes("ray.log", data)) if upload else None,
+        verbose=verbose,
+        keep_after_close=True,
+    )
+    with view:
+        for line in start_lines(job, plan, folder):
+            view.say(line)
+        connect_ray()
+        view.attach()
+        try:
+            summary = fit(events=True)
+        except RunFailed as err:
+            raise RunFailed(
+                f"{err}\n(Ray's own output, worker tracebacks included: {folder.location}/ray.log)"
+            ) from err
+        view.finish(result_block(summary, ray_log=f"{folder.location}/ray.log"))
+    return summary
 
-    connect_ray()
+
+def start_lines(job: JobConfig, plan: Plan, folder: RunFolder) -> list[str]:
+    """What the console says when a run starts: the job, its plan, its methods, its folder."""
+    from rayaccel.methods.registry import methods_line
+    from rayaccel.plan import format_plan
+
+    scaling = job.scaling
+    device = "GPU" if scaling.use_gpu else "CPU"
+    done = len(folder.read_metrics())
+    lines = [
+        f"rayaccel run {job.run.name}: {scaling.num_workers} {device} worker(s); "
+        + format_plan(plan).splitlines()[-1].removeprefix("total: "),
+        methods_line(job),
+        f"run folder: {folder.location} (Ray's own output: ray.log)",
+    ]
+    if done:
+        lines.append(f"continuing: {done} of {plan.total_epochs} epochs are in metrics.jsonl")
+    return lines
+
+
+def _fit(
+    job: JobConfig,
+    plan: Plan,
+    spec: WorkerSpec,
+    folder: RunFolder,
+    callbacks: tuple[ray.train.UserCallback, ...],
+    *,
+    weights: InitialWeights | None,
+    started_s: float,
+    events: bool,
+) -> dict:
+    """Builds the datasets and the trainer, trains, and writes the summary and the plots."""
     # Ray Data's per-operator progress bars interleave with the epoch lines; the loop's own
     # progress line says what a user needs (set before the trainer copies the context).
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -178,10 +275,12 @@ def run_job(
     if job.data.mode != "device":
         resources[EPOCH_CLOCK_KEY] = start_epoch_clock()
         datasets = _datasets(job, plan, spec, parts, resources[EPOCH_CLOCK_KEY])
+    if weights is not None:
+        resources[INIT_WEIGHTS_KEY] = ray.put(weights)
     scaling = job.scaling
-    tracking = tracking_settings(job, plan, end_epoch=stop_epoch or plan.total_epochs)
+    tracking = tracking_settings(job, plan, end_epoch=spec.loop.stop_epoch or plan.total_epochs)
     if tracking.enabled:
-        callbacks = (Tracking(folder, tracking), *callbacks)
+        callbacks = (Tracking(folder, tracking, events=events), *callbacks)
     loop_config = spec.to_dict()
     loop_config["resources"] = resources
     trainer = TorchTrainer(
@@ -199,7 +298,7 @@ def run_job(
             storage_path=folder.location.rsplit("/", 1)[0],
             failure_config=FailureConfig(max_failures=job.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.run.keep_checkpoints),
-            callbacks=[MetricsLog(folder, plan.total_epochs), *callbacks],
+            callbacks=[MetricsLog(folder, plan.total_epochs, events=events), *callbacks],
         ),
         datasets=datasets,
         dataset_config=_SplitTrainEqually(),
@@ -221,6 +320,21 @@ def run_job(
     _write_plots(folder)
     finish_tracking(folder, tracking, checkpoint=summary["checkpoint"])
     return summary
+
+
+def _initial_weights(model: ModelSpec) -> InitialWeights | None:
+    try:
+        return initial_weights(
+            model.name,
+            in_chans=model.in_chans,
+            task=model.task,
+            pretrained=model.pretrained,
+            init_checkpoint=model.init_checkpoint,
+            **model.kwargs,
+        )
+    except WeightsError as err:
+        field = "model.pretrained" if model.pretrained else "model.init_checkpoint"
+        raise WeightsError(f"{field}: {err}") from None
 
 
 def _write_plots(folder: RunFolder) -> None:

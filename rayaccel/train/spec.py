@@ -34,6 +34,11 @@ class ModelSpec:
     task: str
     # NHWC weights and inputs (`train.channels_last`).
     channels_last: bool
+    # The first weights, which the driver reads once and ships to the workers
+    # (`rayaccel.train.runner.initial_weights`): timm's pretrained ones, or a file or run
+    # folder (absolute path or URI); neither: random.
+    pretrained: bool = False
+    init_checkpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class LoopSpec:
             search trial continues the previous stage's best); None: start fresh.
         stop_epoch: Train only the epochs before this one (a search trial trains one stage
             of the full plan, so its LR schedule is the full curriculum's); None: all.
+        console_events: Rank 0 prints its progress as event lines for the driver's console
+            (`rayaccel.core.events`) instead of readable lines.
     """
 
     precision: str
@@ -95,6 +102,7 @@ class LoopSpec:
     torch_threads: int
     start_checkpoint: str | None = None
     stop_epoch: int | None = None
+    console_events: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,7 @@ def build_worker_spec(job: JobConfig, plan: Plan) -> WorkerSpec:
     """The spec of a validated, data-resolved job and its plan (the only job reader here)."""
     data, model, train = job.data, job.model, job.train
     if isinstance(model, ResNet9Model):
-        model_kwargs = model.model_dump(exclude={"name"})
+        model_kwargs = model.model_dump(exclude={"name", "pretrained", "init_checkpoint"})
     else:
         model_kwargs = dict(model.kwargs)
         if data.task == "segmentation" and model.fpn_channels is not None:
@@ -186,6 +194,12 @@ def build_worker_spec(job: JobConfig, plan: Plan) -> WorkerSpec:
             in_chans=data.channels,
             task=data.task or "classification",
             channels_last=train.channels_last,
+            pretrained=model.pretrained,
+            init_checkpoint=(
+                absolute_location(model.init_checkpoint)
+                if model.init_checkpoint is not None
+                else None
+            ),
         ),
         optimizer=OptimizerHyperparameters(
             name=optimizer.name,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import pyarrow.fs as pafs
 
+from rayaccel.core.events import event_line
 from rayaccel.core.storage import resolve_path
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class Writer(Protocol):
 
 
 def open_writers(
-    settings: TrackingSettings, files: TrackingFiles, state: TrackingState
+    settings: TrackingSettings, files: TrackingFiles, state: TrackingState, *, events: bool
 ) -> dict[str, Writer]:
     """A writer per tracker the settings ask for; one that cannot open warns and is left out.
 
@@ -62,7 +63,7 @@ def open_writers(
         try:
             writers[name] = opener()
         except Exception as err:  # tracking never stops a training run
-            warn(f"{name} tracking is off for this run: {err!r}")
+            warn(f"{name} tracking is off for this run: {err!r}", events=events)
     return writers
 
 
@@ -234,6 +235,19 @@ class WandbWriter:
         self.run.finish()
 
 
-def warn(line: str) -> None:
-    """A tracking problem on the console; tracking never raises into the run."""
-    print(f"[rayaccel] warning: {line}", file=sys.stderr, flush=True)
+def say(line: str, *, events: bool = False) -> None:
+    """A tracking line for the user: a `note` event where rayaccel's console reads the
+    controller's output (`rayaccel.core.events`), else the plain line."""
+    if events:
+        line = event_line("note", text=line)
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def warn(line: str, *, events: bool = False) -> None:
+    """A tracking problem; tracking never raises into the run."""
+    text = f"[rayaccel] warning: {line}"
+    if events:
+        say(text, events=True)
+    else:
+        print(text, file=sys.stderr, flush=True)

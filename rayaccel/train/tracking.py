@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +35,7 @@ import ray.train
 
 from rayaccel.core.records import STEP_LOG_KEY, WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.storage import RunFolder, resolve_path
-from rayaccel.train.trackers import finish_mlflow, open_writers, warn
+from rayaccel.train.trackers import finish_mlflow, open_writers, say, warn
 
 # Where each tracker's files live in the run folder (and its local mirror).
 TRACKING_DIRS = ("tensorboard", "mlflow", "wandb")
@@ -251,9 +250,11 @@ def _copy_tree(
 class Tracking(ray.train.UserCallback):
     """Logs every reported epoch to the job's trackers, once (see the module docstring)."""
 
-    def __init__(self, folder: RunFolder, settings: TrackingSettings):
+    def __init__(self, folder: RunFolder, settings: TrackingSettings, *, events: bool = False):
+        """`events`: rayaccel's console reads the controller's output (its lines are events)."""
         self.folder = folder
         self.settings = settings
+        self.events = events
         # Opened in the controller on the first report (this object is pickled there).
         self.writers: dict | None = None
         self.files: TrackingFiles | None = None
@@ -266,7 +267,7 @@ class Tracking(ray.train.UserCallback):
         try:
             self._log(metrics)
         except Exception as err:  # tracking never stops a training run
-            warn(f"tracking stopped: {err!r}")
+            warn(f"tracking stopped: {err!r}", events=self.events)
             self.stopped = True
 
     def _log(self, metrics: list[dict]) -> None:
@@ -276,7 +277,7 @@ class Tracking(ray.train.UserCallback):
             self.files = TrackingFiles(self.folder)
             self.files.pull()
             self.state = self.files.read_state()
-            self.writers = open_writers(self.settings, self.files, self.state)
+            self.writers = open_writers(self.settings, self.files, self.state, events=self.events)
             # Epochs a tracker missed: a job killed between metrics.jsonl and the trackers, or
             # tracking turned on when the job was resumed (their steps are not kept).
             for missed in self.folder.read_epochs():
@@ -296,9 +297,10 @@ class Tracking(ray.train.UserCallback):
         for name, writer in list(self.writers.items()):
             if not self.state.is_new(name, record.epoch):
                 if announce:
-                    _say(
+                    say(
                         f"[rayaccel] {name}: epoch {record.epoch + 1} is logged already; it "
-                        "keeps its first values (metrics.jsonl has the retrained ones)"
+                        "keeps its first values (metrics.jsonl has the retrained ones)",
+                        events=self.events,
                     )
                 continue
             if self._guarded(name, writer.log_epoch, record.epoch + 1, scalars, steps):
@@ -310,7 +312,7 @@ class Tracking(ray.train.UserCallback):
             call(*args)
             return True
         except Exception as err:
-            warn(f"{name} tracking stopped: {err!r}")
+            warn(f"{name} tracking stopped: {err!r}", events=self.events)
             del self.writers[name]
             return False
 
@@ -332,8 +334,3 @@ def finish_tracking(
         files.push()
     except Exception as err:
         warn(f"mlflow: could not log the run's artifacts: {err!r}")
-
-
-def _say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()

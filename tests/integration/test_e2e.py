@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from helpers import (
     FIXTURE_TEST,
     FIXTURE_TRAIN,
@@ -33,6 +35,7 @@ from helpers import (
 
 from rayaccel.cli import main
 from rayaccel.data.metadata import ShardInfo, ShardSetMeta, read_meta, write_meta
+from rayaccel.models import ResNet9
 
 pytestmark = pytest.mark.ray
 
@@ -76,9 +79,13 @@ WANDB = importlib.util.find_spec("wandb") is not None
 
 
 def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_session, tmp_path):
-    """The quickstart, killed after its second checkpoint and run again, with every tracker on:
-    each shows one run holding every epoch once."""
+    """The quickstart, started from initial weights (a ResNet-9 for 5 classes), killed after
+    its second checkpoint and run again: the resumed run restores its own checkpoint. Every
+    tracker is on: each shows one run holding every epoch once."""
     run_dir = tmp_path / "quickstart"
+    init = tmp_path / "init.pth"
+    torch.manual_seed(0)
+    torch.save(ResNet9(num_classes=5, in_chans=1, width_multiplier=0.25).state_dict(), init)
     command = [
         sys.executable,
         "-m",
@@ -87,6 +94,7 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
         QUICKSTART,
         *fixture_overrides(tmp_path, "quickstart"),
         f"train.epochs={RESUMED_EPOCHS}",
+        f"model.init_checkpoint={init}",
         "tracking.tensorboard=true",
         "tracking.mlflow=true",
         *(["tracking.wandb=true"] if WANDB else []),
@@ -112,6 +120,9 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+    assert (
+        f"init weights: 48/49 tensors from {init}; classifier head re-initialised (5 -> 10 classes)"
+    ) in first.stdout.read()
     interrupted_rows = read_metrics(run_dir)
     assert 2 <= len(interrupted_rows) < RESUMED_EPOCHS
 
@@ -119,15 +130,18 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    log = second.stdout + second.stderr
-    resumed_at = int(log.split("resumed from checkpoint: next epoch ")[1].split()[0])
+    console = second.stdout + second.stderr
+    assert "init weights" not in console
+    resumed_at = int(console.split("resumed from checkpoint: next epoch ")[1].split()[0])
     assert resumed_at >= 2
+    # The epoch table's rows: `  3/4  0  28  128  ...`.
     trained_again = [
-        int(line.split("epoch ")[1].split("/")[0])
-        for line in log.splitlines()
-        if "] epoch " in line and " done:" in line
+        int(line.split()[0].split("/")[0])
+        for line in console.splitlines()
+        if re.fullmatch(r"\s*\d+/\d+\s.*", line)
     ]
-    assert trained_again == list(range(resumed_at + 1, RESUMED_EPOCHS + 1))
+    assert trained_again == list(range(resumed_at + 1, RESUMED_EPOCHS + 1)), console
+    _assert_clean_console(console, run_dir)
 
     rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == list(range(RESUMED_EPOCHS))
@@ -135,7 +149,7 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
     assert summary["epochs_completed"] == RESUMED_EPOCHS
     assert summary["images_seen"] == RESUMED_EPOCHS * 31 * 128
     assert summary["final_val_acc"] >= 0.80, summary
-    assert "[rayaccel] warning" not in log, log[-3000:]
+    assert "[rayaccel] warning" not in console, console[-3000:]
     assert_tracked_once(run_dir, rows, summary)
 
 
@@ -164,6 +178,17 @@ def assert_tracked_once(run_dir: Path, rows: list[dict], summary: dict) -> None:
     if WANDB:  # one offline part per `rayaccel run`, all of one W&B run
         parts = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
         assert len(parts) == 2 and len({name.rsplit("-", 1)[1] for name in parts}) == 1, parts
+
+
+def _assert_clean_console(console: str, run_dir: Path) -> None:
+    """A healthy run's console is rayaccel's: Ray's own output is in the run's ray.log."""
+    lines = console.splitlines()
+    assert len(lines) < 60, console
+    for noise in ("TrainingReport(", "Execution plan", "Traceback", "pid="):
+        assert noise not in console, console
+    assert not [line for line in lines if re.search(r"\b(WARNING|ERROR)\b", line)], console
+    assert "finished: " in console and f"results in {run_dir}" in console
+    assert "TrainingReport(" in (run_dir / "ray.log").read_text()
 
 
 def _corrupt_copy(tmp_path: Path, rows: int = 512) -> Path:

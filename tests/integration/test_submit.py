@@ -163,7 +163,9 @@ def test_submit_job_streams_logs_and_returns_the_status(ray_head, small_fixture)
     )
     log = "\n".join(lines)
     assert status == "SUCCEEDED", log
-    assert "[rayaccel] epoch 1/1 done" in log
+    # The job's driver prints rayaccel's console: the epoch table and the result block.
+    assert re.search(r"^\s*1/1\s+0\s+28\s", log, re.MULTILINE), log
+    assert "finished: 1/1 epochs" in log and "TrainingReport(" not in log, log
     assert "SUCCEEDED" in lines[-1]
     summary, metrics = read_run_folder(runs / "api")
     assert summary["epochs_completed"] == 1

@@ -153,7 +153,7 @@ BAD_JOBS = {
     "reserved timm kwargs": (
         {"model": {"name": "resnet18", "kwargs": {"num_classes": 3, "drop_rate": 0.1}}},
         "model.kwargs: ['num_classes'] are set by rayaccel (num_classes and in_chans come from "
-        "data; pretrained weights cannot be downloaded at run time); remove them",
+        "data; for timm's weights set model.pretrained: true); remove them",
     ),
     "piecewise points not increasing": (
         {"train.schedule": {"name": "piecewise", "points": [[0, 0], [5, 1], [3, 0]]}},

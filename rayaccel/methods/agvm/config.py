@@ -31,11 +31,18 @@ class AgvmSection(Strict):
     """
 
     components: dict[str, list[str]] | None = None
+    """Component name to parameter-name patterns, reference component first; null: backbone vs head
+    (classifiers) or backbone / neck / head (segmentation)."""
     start_step: int = Field(50, ge=0)
+    """First step (over the whole run) at which the multipliers are measured."""
     interval: int = Field(10, ge=1)
+    """Measure every this many steps (two half-batch backward passes each)."""
     momentum: float = Field(0.97, ge=0, lt=1)
+    """Weight of the old multiplier in its moving average; 0 uses each new one."""
     clip: tuple[float, float] = (0.5, 10.0)
+    """[low, high] bounds of the variance ratio before its square root (low <= 1 <= high)."""
     eps: float = Field(1e-6, gt=0)
+    """Added to both gradient distances of the ratio."""
 
     @field_validator("components")
     @classmethod

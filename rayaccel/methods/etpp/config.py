@@ -31,14 +31,15 @@ class CurriculumStage(Strict):
     """One stage of a custom curriculum."""
 
     resolution_px: int = Field(ge=8, le=4096)
-    # timm's 0..10 scale. With curriculum.randaugment_impl timm, 0 still applies the
-    # magnitude-free ops (AutoContrast, Equalize, Invert); with torchvision, 0 is off.
     randaug_magnitude: float = Field(0.0, ge=0, le=10)
-    # Relative compute of the stage; shares are normalised over all stages.
+    """timm's 0..10 scale. With curriculum.randaugment_impl timm, 0 still applies the magnitude-free
+    ops (AutoContrast, Equalize, Invert); with torchvision, 0 is off.
+    """
     share: float = Field(1.0, gt=0)
+    """Relative compute of the stage; shares are normalised over all stages."""
     replay_factor: int = Field(1, ge=1, le=64)
-    # None means the Early-Large-Batch rule (curriculum.max_global_batch).
     global_batch_size: int | None = Field(None, ge=1)
+    """None means the Early-Large-Batch rule (curriculum.max_global_batch)."""
 
 
 class _CurriculumBase(Strict):
@@ -61,16 +62,17 @@ class _CurriculumBase(Strict):
     """
 
     mode: Literal["fft", "resize"] = "resize"
-    # Compute budget in equivalent full-resolution epochs; train.epochs is the baseline.
     budget_epochs: float = Field(gt=0, le=100_000)
-    # Early Large Batch cap; None means train.global_batch_size (no larger early batches).
+    """Compute budget in equivalent full-resolution epochs; train.epochs is the baseline."""
     max_global_batch: int | None = Field(None, ge=1)
-    # Cap on the scaled LR; None means no cap.
+    """Early Large Batch cap; None means train.global_batch_size (no larger early batches)."""
     lr_max: float | None = Field(None, gt=0, le=100)
-    # Early Large Batch LR rule lr_B = lr * (batch_B / batch) ** lr_alpha: 0.5 is the
-    # square-root rule; `rayaccel tune` LR-scaling searches fit it for a model and data set.
-    # None means 0.5, or train.lr_scaling's exponent when the job has one.
+    """Cap on the scaled LR; None means no cap."""
     lr_alpha: float | None = Field(None, ge=0, le=2)
+    """Early Large Batch LR rule lr_B = lr * (batch_B / batch) ** lr_alpha: 0.5 is the square-root
+    rule; `rayaccel tune` LR-scaling searches fit it for a model and data set. None means
+    0.5, or train.lr_scaling's exponent when the job has one.
+    """
     replay: ReplaySection = ReplaySection()
     randaugment: bool = True
     randaugment_impl: Literal["timm", "torchvision"] = "timm"

@@ -30,8 +30,12 @@ class InfoBatchSection(Strict):
     """
 
     prune_ratio: float = Field(0.5, ge=0, le=MAX_PRUNE_RATIO)
+    """Share of the below-mean-loss samples dropped each epoch (at most 0.9)."""
     delta: float = Field(0.875, gt=0, le=1)
+    """From epoch floor(delta * epochs) on, all data with weight 1 (annealing)."""
     selection: Literal["exact", "bernoulli"] = "exact"
+    """exact: drop exactly that share (the release's rule); bernoulli: each such sample
+    independently."""
 
 
 def infobatch_problems(job: JobConfig) -> list[str]:

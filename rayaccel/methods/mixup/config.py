@@ -34,13 +34,21 @@ class MixupSection(Strict):
     """
 
     mixup_alpha: float = Field(1.0, ge=0, le=100)
+    """Beta(alpha, alpha) of mixup's lambda; 0: no mixup."""
     cutmix_alpha: float = Field(0.0, ge=0, le=100)
+    """Beta(alpha, alpha) of CutMix's lambda; 0: no CutMix."""
     cutmix_minmax: tuple[float, float] | None = None
+    """[min, max] CutMix box sides as fractions of the image (instead of cutmix_alpha)."""
     prob: float = Field(1.0, ge=0, le=1)
+    """Probability that a batch (pair, sample) is mixed."""
     switch_prob: float = Field(0.5, ge=0, le=1)
+    """With both alphas > 0: probability of CutMix instead of mixup."""
     mode: Literal["batch", "pair", "elem"] = "batch"
+    """Mix per batch, per pair of samples or per sample (elem)."""
     correct_lam: bool = True
+    """Lambda is the pasted box's true area where the image border clips it."""
     off_epoch: float | None = Field(None, gt=0)
+    """Stop mixing after this many equivalent full-resolution epochs of compute; null: never."""
 
     @field_validator("cutmix_minmax")
     @classmethod

@@ -32,16 +32,18 @@ class ProgressiveCurriculum(Strict):
     release: Literal["s", "m", "l"] | None = None
     num_stages: int | None = Field(None, ge=1, le=100)
     size_px: tuple[int, int] | None = None
-    # torchvision's RandAugment (`rayaccel.data.randaugment`, 0 is off) on timm's 0..10
-    # scale; the M/L releases' 15 and 20 are clipped.
     randaug_magnitude: tuple[float, float] | None = None
+    """torchvision's RandAugment (`rayaccel.data.randaugment`, 0 is off) on timm's 0..10 scale; the
+    M/L releases' 15 and 20 are clipped.
+    """
     mixup_alpha: tuple[float, float] | None = None
     cutmix_alpha: tuple[float, float] | None = None
     dropout_rate: tuple[float, float] | None = None
     drop_path_rate: tuple[float, float] | None = None
-    # Intermediate sizes are rounded to a multiple of this (8 for tensor cores; 2 or 4 for
-    # 28-px images).
     size_multiple_px: int = Field(8, ge=1, le=256)
+    """Intermediate sizes are rounded to a multiple of this (8 for tensor cores; 2 or 4 for 28-px
+    images).
+    """
 
     @field_validator("size_px")
     @classmethod

@@ -28,11 +28,18 @@ class RandomErasingSection(Strict):
     """
 
     probability: float = Field(0.25, ge=0, le=1)
+    """Share of images erased (timm's ImageNet recipes: 0.25)."""
     mode: Literal["pixel", "rand", "const"] = "pixel"
+    """Fill: pixel (per-pixel normal noise), rand (one normal colour per channel) or const (zeros,
+    the mean colour)."""
     min_area: float = Field(0.02, gt=0, le=1)
+    """Smallest total erased area, as a fraction of the image."""
     max_area: float = Field(1 / 3, gt=0, le=1)
+    """Largest total erased area, as a fraction of the image."""
     min_aspect: float = Field(0.3, gt=0, le=1)
+    """Rectangles' aspect ratios lie in [min_aspect, 1 / min_aspect]."""
     max_count: int = Field(1, ge=1, le=16)
+    """Rectangles per erased image: 1 to this many."""
 
     @model_validator(mode="after")
     def _areas(self) -> RandomErasingSection:

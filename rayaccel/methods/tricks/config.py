@@ -28,22 +28,27 @@ class EmaTrick(Strict):
     """
 
     every_steps: int = Field(5, ge=1)
+    """Update the average every this many optimizer steps."""
     momentum: float = Field(0.99, ge=0, lt=1)
+    """Weight of the old average per update."""
     warmup: Literal[WARMUP_RULES] = "timm"
+    """How the momentum rises over the first updates: timm, tensorflow or none."""
 
 
 class TtaTrick(Strict):
     """Test-time augmentation: evaluation averages logits over flipped/shifted views."""
 
     flip: bool = True
-    # Adds two diagonal shifts by this many pixels (multi-crop TTA); 0: none.
+    """Also average over the left-right flipped images."""
     translate_px: int = Field(0, ge=0, le=64)
+    """Adds two diagonal shifts by this many pixels (multi-crop TTA); 0: none."""
 
 
 class GhostBnTrick(Strict):
     """Ghost batch norm: each `virtual_batch_size` slice of a worker's batch normalised alone."""
 
     virtual_batch_size: int = Field(32, ge=2)
+    """Images each BatchNorm normalises together; divides the per-worker batch."""
 
 
 class FrozenBnScaleTrick(Strict):
@@ -51,8 +56,11 @@ class FrozenBnScaleTrick(Strict):
     with weight decay divided by `bias_wd_divisor` (64 and 64 in the myrtle.ai recipe)."""
 
     scale: float = Field(1.0, gt=0)
+    """The fixed BatchNorm scale."""
     bias_lr_multiplier: float = Field(64.0, gt=0)
+    """BN biases train at this many times the LR."""
     bias_wd_divisor: float = Field(64.0, gt=0)
+    """BN biases' weight decay is divided by this."""
 
 
 class WhiteningTrick(Strict):
@@ -60,9 +68,11 @@ class WhiteningTrick(Strict):
     place of the model's first 3x3 conv (followed by a learnable 1x1 conv)."""
 
     patch_size: int = Field(3, ge=1, le=7)
+    """Side of the whitened patches (odd)."""
     eps: float = Field(1e-2, gt=0)
-    # Training images the patch covariance is computed from (the first ones of the split).
+    """Added to the covariance's eigenvalues before whitening."""
     sample_images: int = Field(5000, ge=1)
+    """Training images the patch covariance is computed from (the first ones of the split)."""
 
     @field_validator("patch_size")
     @classmethod
@@ -77,7 +87,9 @@ class LookaheadTrick(Strict):
     slow copy."""
 
     k: int = Field(5, ge=1)
+    """Steps between pulls toward the slow weights."""
     alpha: float = Field(0.5, gt=0, le=1)
+    """Share of the way the slow weights move toward the fast ones."""
 
 
 def ghost_bn_problems(job: JobConfig) -> list[str]:
