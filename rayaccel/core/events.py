@@ -4,9 +4,8 @@ what happened, through the one channel every Ray process already has to the driv
 A Ray worker's stdout reaches the driver line by line (Ray's log monitor); the driver's
 console (`rayaccel.train.console`) reads those lines, renders the ones that carry an event
 and sends every other line to the run's `ray.log`. An event is one line: a mark and a JSON
-object with its `kind` (`step`: rank 0's progress, `epoch`: a finished epoch's record,
-`note`: a line to show as it is, e.g. a tracker's warning). Where no console reads them (a
-Ray Tune trial, a benchmark) the loop prints readable lines instead.
+object with its `kind` (`step`: rank 0's progress, `epoch`: a finished epoch's record). Where
+no console reads them (a Ray Tune trial, a benchmark) the loop prints readable lines instead.
 """
 
 from __future__ import annotations

@@ -350,8 +350,6 @@ class RunConsole:
                     epoch_row(row, self.total_epochs, checkpointed=bool(event.get("checkpoint")))
                 )
                 self.epochs_shown.append(row["epoch"])
-            elif event["kind"] == "note":  # a line for the user, e.g. a tracker's warning
-                self._print(event["text"])
 
     # ------------------------------------------------------------ output
     def say(self, line: str) -> None:

@@ -280,7 +280,7 @@ def _fit(
     scaling = job.scaling
     tracking = tracking_settings(job, plan, end_epoch=spec.loop.stop_epoch or plan.total_epochs)
     if tracking.enabled:
-        callbacks = (Tracking(folder, tracking, events=events), *callbacks)
+        callbacks = (Tracking(folder, tracking), *callbacks)
     loop_config = spec.to_dict()
     loop_config["resources"] = resources
     trainer = TorchTrainer(

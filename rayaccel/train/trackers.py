@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Protocol
 
 import pyarrow.fs as pafs
 
-from rayaccel.core.events import event_line
 from rayaccel.core.storage import resolve_path
 
 if TYPE_CHECKING:
@@ -45,7 +44,7 @@ class Writer(Protocol):
 
 
 def open_writers(
-    settings: TrackingSettings, files: TrackingFiles, state: TrackingState, *, events: bool
+    settings: TrackingSettings, files: TrackingFiles, state: TrackingState
 ) -> dict[str, Writer]:
     """A writer per tracker the settings ask for; one that cannot open warns and is left out.
 
@@ -63,7 +62,7 @@ def open_writers(
         try:
             writers[name] = opener()
         except Exception as err:  # tracking never stops a training run
-            warn(f"{name} tracking is off for this run: {err!r}", events=events)
+            warn(f"{name} tracking is off for this run: {err!r}")
     return writers
 
 
@@ -235,19 +234,14 @@ class WandbWriter:
         self.run.finish()
 
 
-def say(line: str, *, events: bool = False) -> None:
-    """A tracking line for the user: a `note` event where rayaccel's console reads the
-    controller's output (`rayaccel.core.events`), else the plain line."""
-    if events:
-        line = event_line("note", text=line)
+def say(line: str) -> None:
+    """A tracking line for the user (rayaccel's console shows the controller's `[rayaccel]`
+    lines)."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
-def warn(line: str, *, events: bool = False) -> None:
-    """A tracking problem; tracking never raises into the run."""
-    text = f"[rayaccel] warning: {line}"
-    if events:
-        say(text, events=True)
-    else:
-        print(text, file=sys.stderr, flush=True)
+def warn(line: str) -> None:
+    """A tracking problem; tracking never raises into the run. On stdout: the console reads
+    the controller's stdout lines."""
+    say(f"[rayaccel] warning: {line}")

@@ -250,11 +250,9 @@ def _copy_tree(
 class Tracking(ray.train.UserCallback):
     """Logs every reported epoch to the job's trackers, once (see the module docstring)."""
 
-    def __init__(self, folder: RunFolder, settings: TrackingSettings, *, events: bool = False):
-        """`events`: rayaccel's console reads the controller's output (its lines are events)."""
+    def __init__(self, folder: RunFolder, settings: TrackingSettings):
         self.folder = folder
         self.settings = settings
-        self.events = events
         # Opened in the controller on the first report (this object is pickled there).
         self.writers: dict | None = None
         self.files: TrackingFiles | None = None
@@ -267,7 +265,7 @@ class Tracking(ray.train.UserCallback):
         try:
             self._log(metrics)
         except Exception as err:  # tracking never stops a training run
-            warn(f"tracking stopped: {err!r}", events=self.events)
+            warn(f"tracking stopped: {err!r}")
             self.stopped = True
 
     def _log(self, metrics: list[dict]) -> None:
@@ -277,7 +275,7 @@ class Tracking(ray.train.UserCallback):
             self.files = TrackingFiles(self.folder)
             self.files.pull()
             self.state = self.files.read_state()
-            self.writers = open_writers(self.settings, self.files, self.state, events=self.events)
+            self.writers = open_writers(self.settings, self.files, self.state)
             # Epochs a tracker missed: a job killed between metrics.jsonl and the trackers, or
             # tracking turned on when the job was resumed (their steps are not kept).
             for missed in self.folder.read_epochs():
@@ -299,8 +297,7 @@ class Tracking(ray.train.UserCallback):
                 if announce:
                     say(
                         f"[rayaccel] {name}: epoch {record.epoch + 1} is logged already; it "
-                        "keeps its first values (metrics.jsonl has the retrained ones)",
-                        events=self.events,
+                        "keeps its first values (metrics.jsonl has the retrained ones)"
                     )
                 continue
             if self._guarded(name, writer.log_epoch, record.epoch + 1, scalars, steps):
@@ -312,7 +309,7 @@ class Tracking(ray.train.UserCallback):
             call(*args)
             return True
         except Exception as err:
-            warn(f"{name} tracking stopped: {err!r}", events=self.events)
+            warn(f"{name} tracking stopped: {err!r}")
             del self.writers[name]
             return False
 

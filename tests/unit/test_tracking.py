@@ -184,7 +184,7 @@ def test_a_tracker_that_cannot_open_warns_and_the_others_log(tmp_path, capsys):
     tracking = Tracking(folder, settings)
     tracking.after_report(None, _report(0, 0.5), None)
     tracking.after_report(None, _report(1, 0.6), None)
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "mlflow tracking is off for this run" in warnings[0]
     assert read_tensorboard(tmp_path / "run" / "tensorboard")["val_acc"] == [(1, 0.5), (2, 0.6)]
 
@@ -214,7 +214,7 @@ def test_a_broken_tracking_folder_warns_once_and_never_raises(tmp_path, capsys):
     tracking = Tracking(RunFolder(str(tmp_path / "run")), _settings(tensorboard=True))
     for epoch in (0, 1):
         tracking.after_report(None, _report(epoch, 0.5), None)
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "tracking stopped: JSONDecodeError" in warnings[0]
 
 
