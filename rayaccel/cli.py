@@ -160,6 +160,7 @@ def _load(args, *, plan_only: bool):
 def _validate(args) -> int:
     resolved = _load(args, plan_only=True)
     _check_model(resolved.job, args.job)
+    _check_trackers(resolved.job, args.job)
     print(dump_job(resolved.job), end="")
     if resolved.assumed:
         print(f"{args.job}: {resolved.assumed}", file=sys.stderr)
@@ -197,6 +198,7 @@ def _run(args) -> int:
 
     job = _load(args, plan_only=False).job
     _check_model(job, args.job)
+    _check_trackers(job, args.job)
     try:
         run_job(job, console=True, verbose=args.verbose)
     except (PlanError, WeightsError) as err:
@@ -216,6 +218,14 @@ def _check_model(job, source: str) -> None:
         raise ConfigError(
             [f"{source}: model.name: unknown model {name!r}; resnet9 or a timm model, e.g. {hint}"]
         )
+
+
+def _check_trackers(job, source: str) -> None:
+    from rayaccel.config.job import tracking_problems
+
+    problems = tracking_problems(job.tracking)
+    if problems:
+        raise ConfigError([f"{source}: {line}" for line in problems])
 
 
 def _schema(args) -> int:

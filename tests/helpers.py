@@ -217,3 +217,24 @@ def write_photo_tree(root: Path, per_class: int = 12, seed: int = 0) -> list[str
     (root / odd["corrupt"]).write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     whole.unlink()
     return sorted([*written, *odd.values()])
+
+
+def read_tensorboard(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a TensorBoard folder (all its event files) as (step, value) lists,
+    read by TensorBoard's own loader; values rounded to 6 places (stored as float32)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    return {
+        tag: [(e.step, round(e.value, 6)) for e in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+    }
+
+
+def read_mlflow_runs(db_path: Path, experiment: str = "rayaccel") -> tuple:
+    """An MLflow client of a run folder's store (`mlflow/mlflow.db`) and the experiment's runs."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db_path}")
+    return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id])

@@ -609,6 +609,88 @@ class RunSection(Strict):
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
 
 
+# ---------------------------------------------------------------- tracking
+class MlflowTracking(Strict):
+    """MLflow: one run per rayaccel run, continued when the job is resumed."""
+
+    tracking_uri: str | None = None
+    """null: a SQLite store in the run folder (mlflow/mlflow.db, artifacts in
+    mlflow/artifacts; MLflow 3 refuses new file stores); else any tracking URI MLflow takes
+    (http://host:5000, sqlite:///path.db)."""
+    experiment: str = Field("rayaccel", min_length=1)
+    """The MLflow experiment the run is logged in (created if new)."""
+
+
+class WandbTracking(Strict):
+    """Weights & Biases (needs `pip install wandb`); its files go under <run folder>/wandb."""
+
+    project: str = Field("rayaccel", min_length=1)
+    """The W&B project."""
+    entity: str | None = None
+    """The W&B team or user; null: the default of the logged-in account."""
+    mode: Literal["offline", "online"] = "offline"
+    """offline: nothing leaves the machine (`wandb sync <run folder>/wandb/offline-run-*`
+    uploads later); online: needs `wandb login` where the Ray Train controller runs."""
+
+
+class TrackingSection(Strict):
+    """Experiment trackers the run also logs to, every epoch once across resumes (all off by
+    default; see docs/tracking.md)."""
+
+    tensorboard: bool = False
+    """Event files in <run folder>/tensorboard: `tensorboard --logdir <storage_path>`."""
+    mlflow: MlflowTracking | None = None
+    """true or a mapping: log to MLflow; null or false: off."""
+    wandb: WandbTracking | None = None
+    """true or a mapping: log to Weights & Biases; null or false: off."""
+
+    @field_validator("mlflow", "wandb", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    @property
+    def enabled(self) -> bool:
+        return self.tensorboard or self.mlflow is not None or self.wandb is not None
+
+
+# The packages each tracker imports (module, pip name); tensorboardX comes with Ray.
+_TRACKER_PACKAGES = {
+    "tensorboard": (("tensorboardX", "tensorboardX"),),
+    "mlflow": (("mlflow", "mlflow-skinny"),),
+    "wandb": (("wandb", "wandb"),),
+}
+# MLflow's SQLite store (the default) also needs SQLAlchemy and Alembic.
+_MLFLOW_SQL_PACKAGES = (("sqlalchemy", "sqlalchemy"), ("alembic", "alembic"))
+
+
+def tracking_problems(tracking: TrackingSection) -> list[str]:
+    """`tracking.<tracker>: ...` for every tracker the job asks for whose library is missing."""
+    import importlib.util
+
+    wanted = {
+        "tensorboard": tracking.tensorboard,
+        "mlflow": tracking.mlflow is not None,
+        "wandb": tracking.wandb is not None,
+    }
+    problems = []
+    for name, packages in _TRACKER_PACKAGES.items():
+        if not wanted[name]:
+            continue
+        if name == "mlflow" and tracking.mlflow.tracking_uri is None:
+            packages = packages + _MLFLOW_SQL_PACKAGES
+        missing = [pip for module, pip in packages if importlib.util.find_spec(module) is None]
+        if missing:
+            extra = "wandb" if name == "wandb" else "tracking"
+            problems.append(
+                f"tracking.{name}: needs {', '.join(missing)}, not installed; "
+                f"pip install 'rayaccel[{extra}]' (or: pip install {' '.join(missing)})"
+            )
+    return problems
+
+
 class _JobCore(Strict):
     """A whole job: what to train on, what to train, how, on how much, and where to write.
 
@@ -622,6 +704,8 @@ class _JobCore(Strict):
     train: TrainConfig
     scaling: ScalingSection = ScalingSection()
     run: RunSection
+    tracking: TrackingSection = TrackingSection()
+    """TensorBoard, MLflow and W&B logging (docs/tracking.md)."""
 
     @model_validator(mode="after")
     def _cross_field(self) -> _JobCore:

@@ -21,6 +21,9 @@ METHOD_KEY_SEPARATOR = "/"
 # Each worker's report carries its own shard facts under this key; the driver gathers them
 # into the record's `workers` (so they are not a field of any one worker's record).
 WORKER_FACTS_KEY = "worker"
+# Rank 0's report also carries the steps its progress line printed (epoch, loss, lr, images/s)
+# for the trackers (`rayaccel.train.tracking`); metrics.jsonl does not keep them.
+STEP_LOG_KEY = "logged_steps"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import torch
 
 from rayaccel.core.distributed import all_reduce_sum, barrier
 from rayaccel.core.events import event_line, format_duration
-from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
+from rayaccel.core.records import STEP_LOG_KEY, WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.seeds import worker_seed
 from rayaccel.data.device import DeviceDataset, load_device_dataset, load_rows
 from rayaccel.data.metadata import read_meta
@@ -344,7 +344,13 @@ class Trainer:
             )
             # Per worker; the controller's MetricsLog gathers them into the `workers` list.
             worker = audit.facts(rank=self.rank, node_id=runtime.get_node_id())
-            self.report({**record.to_row(), WORKER_FACTS_KEY: worker}, record.checkpointed)
+            metrics = {**record.to_row(), WORKER_FACTS_KEY: worker}
+            if self.rank == 0:  # its shown steps, for the trackers (`rayaccel.train.tracking`)
+                metrics[STEP_LOG_KEY] = [
+                    {**shown, "lr": self.plan.lr_at(epoch, shown["step"] - 1, shown["steps"])}
+                    for shown in progress.take_logged()
+                ]
+            self.report(metrics, record.checkpointed)
         return {
             "next_epoch": self.state.next_epoch,
             "images_seen": self.state.images_seen,
@@ -647,6 +653,8 @@ class _Progress:
         self.boundaries_s: list[float] = []
         self.window_s = 0.0
         self.window_images = 0
+        # The shown steps since the last report: step, epoch images so far, loss, images/s.
+        self.logged: list[dict] = []
 
     def step(
         self, epoch: int, step: int, loss: torch.Tensor, *, images_in_step: int, steps: int
@@ -668,6 +676,15 @@ class _Progress:
         rate = self.window_images / self.window_s if self.window_s > 0 else None
         eta_s = self.eta_s(fraction, epochs_left=self.plan.total_epochs - epoch - 1)
         self.window_s, self.window_images = 0.0, 0
+        self.logged.append(
+            {
+                "step": step + 1,
+                "steps": steps,
+                "images": (step + 1) * images_in_step,
+                "loss": loss.item(),
+                **({} if rate is None else {"images_per_s": rate}),
+            }
+        )
         if self.events:
             _say(
                 event_line(
@@ -697,6 +714,11 @@ class _Progress:
         later = self.boundaries_s[1:]
         boundary_s = sum(later) / len(later) if later else 0.0
         return (1 - fraction) * self.steady_s / self.steady_fraction + epochs_left * boundary_s
+
+    def take_logged(self) -> list[dict]:
+        """The steps printed since the last call."""
+        logged, self.logged = self.logged, []
+        return logged
 
 
 def _say(line: str) -> None:

@@ -3,9 +3,10 @@
 The run folder (`run.storage_path/run.name`, local or any pyarrow URI) holds `job.yaml` (the
 resolved job), `plan.json`, `metrics.jsonl` (every epoch, written by a controller-side
 callback because Ray Train only keeps metrics that came with a checkpoint), Ray's
-checkpoints and `summary.json`. Running the same job name again continues from the latest
-checkpoint: Ray Train restores a run from its storage folder, and the loop skips the epochs
-the checkpoint already holds.
+checkpoints and `summary.json`; with a `tracking:` section, the trackers' files too
+(`rayaccel.train.tracking`, another controller-side callback). Running the same job name
+again continues from the latest checkpoint: Ray Train restores a run from its storage
+folder, and the loop skips the epochs the checkpoint already holds.
 
 A curriculum plan gets one training dataset per stage (`train_s0`, `train_s1`, ..., each with
 its stage's RandAugment magnitude and, in `resize` mode, its down-sampling) and, in `resize`
@@ -33,7 +34,7 @@ from rayaccel.config import JobConfig, dump_job
 from rayaccel.config.job import TimmModel
 from rayaccel.core.compute import pixel_compute
 from rayaccel.core.events import event_line
-from rayaccel.core.records import WORKER_FACTS_KEY, EpochRecord
+from rayaccel.core.records import STEP_LOG_KEY, WORKER_FACTS_KEY, EpochRecord
 from rayaccel.core.storage import RunFolder, latest_checkpoint
 from rayaccel.data.cluster import connect_ray
 from rayaccel.data.folder import list_folder, read_split_meta
@@ -53,6 +54,7 @@ from rayaccel.report import compute_px_images, load_run, write_report
 from rayaccel.train.console import RunConsole, local_log_path, result_block
 from rayaccel.train.loop import INIT_WEIGHTS_KEY, train_loop_per_worker
 from rayaccel.train.spec import ModelSpec, WorkerSpec, build_worker_spec
+from rayaccel.train.tracking import Tracking, finish_tracking, tracking_settings
 
 
 class RunFailed(RuntimeError):
@@ -86,7 +88,7 @@ class MetricsLog(ray.train.UserCallback):
             (m[WORKER_FACTS_KEY] for m in metrics if WORKER_FACTS_KEY in m),
             key=lambda w: w["rank"],
         )
-        row = {k: v for k, v in metrics[0].items() if k != WORKER_FACTS_KEY}
+        row = {k: v for k, v in metrics[0].items() if k not in (WORKER_FACTS_KEY, STEP_LOG_KEY)}
         record = EpochRecord.from_row(row).replace(workers=tuple(workers), time_unix_s=time.time())
         if self.records is None:
             self.records = self.folder.read_epochs()
@@ -276,6 +278,9 @@ def _fit(
     if weights is not None:
         resources[INIT_WEIGHTS_KEY] = ray.put(weights)
     scaling = job.scaling
+    tracking = tracking_settings(job, plan, end_epoch=spec.loop.stop_epoch or plan.total_epochs)
+    if tracking.enabled:
+        callbacks = (Tracking(folder, tracking), *callbacks)
     loop_config = spec.to_dict()
     loop_config["resources"] = resources
     trainer = TorchTrainer(
@@ -313,6 +318,7 @@ def _fit(
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     folder.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
     _write_plots(folder)
+    finish_tracking(folder, tracking, checkpoint=summary["checkpoint"])
     return summary
 
 

@@ -6,6 +6,7 @@ killed half-way and run again.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -27,7 +28,9 @@ from helpers import (
     checkpoints,
     fixture_overrides,
     read_metrics,
+    read_mlflow_runs,
     read_summary,
+    read_tensorboard,
 )
 
 from rayaccel.cli import main
@@ -71,9 +74,14 @@ def test_two_worker_run_writes_a_complete_run_folder(ray_session, tmp_path, caps
 RESUMED_EPOCHS = 4
 
 
+# W&B is optional (`rayaccel[wandb]`); where it is installed the resumed run logs there too.
+WANDB = importlib.util.find_spec("wandb") is not None
+
+
 def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_session, tmp_path):
     """The quickstart, started from initial weights (a ResNet-9 for 5 classes), killed after
-    its second checkpoint and run again: the resumed run restores its own checkpoint."""
+    its second checkpoint and run again: the resumed run restores its own checkpoint. Every
+    tracker is on: each shows one run holding every epoch once."""
     run_dir = tmp_path / "quickstart"
     init = tmp_path / "init.pth"
     torch.manual_seed(0)
@@ -87,6 +95,9 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
         *fixture_overrides(tmp_path, "quickstart"),
         f"train.epochs={RESUMED_EPOCHS}",
         f"model.init_checkpoint={init}",
+        "tracking.tensorboard=true",
+        "tracking.mlflow=true",
+        *(["tracking.wandb=true"] if WANDB else []),
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_session}
     first = subprocess.Popen(
@@ -138,6 +149,35 @@ def test_resumed_quickstart_trains_no_epoch_twice_and_reaches_80_percent(ray_ses
     assert summary["epochs_completed"] == RESUMED_EPOCHS
     assert summary["images_seen"] == RESUMED_EPOCHS * 31 * 128
     assert summary["final_val_acc"] >= 0.80, summary
+    assert "[rayaccel] warning" not in console, console[-3000:]
+    assert_tracked_once(run_dir, rows, summary)
+
+
+def assert_tracked_once(run_dir: Path, rows: list[dict], summary: dict) -> None:
+    """TensorBoard, MLflow (and W&B) each hold one run with every epoch once, at x = epochs
+    trained, and the steps rank 0 printed at x = images trained, each once."""
+    epochs = list(range(1, len(rows) + 1))
+    val_acc = [r["val_acc"] for r in rows]
+    scalars = read_tensorboard(run_dir / "tensorboard")
+    assert [e for e, _ in scalars["val_acc"]] == epochs
+    assert [v for _, v in scalars["val_acc"]] == pytest.approx(val_acc, abs=1e-6)
+    assert [e for e, _ in scalars["train_loss"]] == epochs
+    images = [x for x, _ in scalars["step/loss"]]
+    assert images == sorted(set(images)) and images[-1] == summary["images_seen"], images
+
+    client, runs = read_mlflow_runs(run_dir / "mlflow" / "mlflow.db")
+    (run,) = runs
+    history = client.get_metric_history(run.info.run_id, "val_acc")
+    assert [(m.step, m.value) for m in history] == list(zip(epochs, val_acc, strict=True))
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["rayaccel.checkpoint"] == summary["checkpoint"]
+    assert run.data.params["train.epochs"] == str(RESUMED_EPOCHS)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"summary.json", "job.yaml", "plan.txt", "plot_accuracy.png"} <= artifacts, artifacts
+
+    if WANDB:  # one offline part per `rayaccel run`, all of one W&B run
+        parts = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
+        assert len(parts) == 2 and len({name.rsplit("-", 1)[1] for name in parts}) == 1, parts
 
 
 def _assert_clean_console(console: str, run_dir: Path) -> None:

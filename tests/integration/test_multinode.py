@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import ray._common.utils
 import ray._private.utils
-from helpers import FIXTURE_TRAIN, QUICKSTART, read_summary
+from helpers import FIXTURE_TRAIN, QUICKSTART, read_mlflow_runs, read_summary
 from ray.cluster_utils import Cluster
 
 from rayaccel.train.shard_audit import combine_digests, index_digest
@@ -134,6 +134,8 @@ def test_elastic_group_grows_when_a_node_joins_and_finishes(cluster, tmp_path):
         "scaling.num_workers=[1, 2]",
         "scaling.resources_per_worker={CPU: 0.5, trainer: 1}",
         "scaling.resize_check_interval_s=2",
+        # The restarted worker group reports to the same controller: one MLflow run.
+        "tracking.mlflow=true",
     ]
     # The node joins after the first epoch; Ray Train notices it up to 20 s later.
     process = start_run(cluster, overrides, log)
@@ -161,3 +163,7 @@ def test_elastic_group_grows_when_a_node_joins_and_finishes(cluster, tmp_path):
     assert "resumed from checkpoint" in log.read_text()
     summary = read_summary(run_dir)
     assert summary["epochs_completed"] == ELASTIC_EPOCHS
+    client, (run,) = read_mlflow_runs(run_dir / "mlflow" / "mlflow.db")
+    history = client.get_metric_history(run.info.run_id, "world_size")
+    assert [(m.step, m.value) for m in history] == [(r["epoch"] + 1, r["world_size"]) for r in rows]
+    assert "[rayaccel] warning" not in log.read_text()

@@ -25,7 +25,9 @@ from helpers import (
     checkpoints,
     free_port,
     read_metrics,
+    read_mlflow_runs,
     read_summary,
+    read_tensorboard,
 )
 
 from rayaccel.cli import main
@@ -134,6 +136,9 @@ def test_s3_uris_for_data_and_run_folder(moto_s3, tmp_path):
         "run.storage_path=s3://rayaccel/runs",
         "run.name=s3run",
         *ONE_EPOCH,
+        # The trackers write a local mirror that is uploaded after every epoch.
+        "tracking.tensorboard=true",
+        "tracking.mlflow=true",
     ]
     log = tmp_path / "run.log"
     with log.open("w") as out:
@@ -158,6 +163,14 @@ def test_s3_uris_for_data_and_run_folder(moto_s3, tmp_path):
     assert row["val_images"] == 1000
     listing = s3.get_file_info(pafs.FileSelector("rayaccel/runs/s3run"))
     assert any(info.base_name.startswith("checkpoint_") for info in listing), listing
+
+    copy = tmp_path / "downloaded"
+    pafs.copy_files("rayaccel/runs/s3run", str(copy), s3, pafs.LocalFileSystem())
+    assert [e for e, _ in read_tensorboard(copy / "tensorboard")["val_acc"]] == [1]
+    client, (run,) = read_mlflow_runs(copy / "mlflow" / "mlflow.db")
+    assert run.info.status == "FINISHED" and run.data.metrics["val_acc"] == row["val_acc"]
+    artifacts = copy / "mlflow" / "artifacts" / run.info.run_id / "artifacts"
+    assert json.loads((artifacts / "summary.json").read_text()) == summary
 
 
 @pytest.mark.ray
