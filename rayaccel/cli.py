@@ -208,14 +208,32 @@ def _run(args) -> int:
 
 
 def _check_model(job, source: str) -> None:
-    from rayaccel.models import RESNET9_NAME, model_exists, suggest_models
+    """The model name exists and the timm model accepts `model.kwargs` (resnet9's own fields are
+    checked by the schema), so a typo fails here rather than in every worker."""
+    from rayaccel.models import RESNET9_NAME, kwargs_problem, model_exists, suggest_models
 
     name = job.model.name
-    if name != RESNET9_NAME and not model_exists(name):
+    if name == RESNET9_NAME:
+        return
+    if not model_exists(name):
         hint = ", ".join(suggest_models(name)) or "see timm.list_models()"
         raise ConfigError(
             [f"{source}: model.name: unknown model {name!r}; resnet9 or a timm model, e.g. {hint}"]
         )
+    kwargs = dict(job.model.kwargs)
+    if job.data.task == "segmentation" and job.model.fpn_channels is not None:
+        kwargs["fpn_channels"] = job.model.fpn_channels
+    problem = kwargs_problem(
+        name,
+        kwargs,
+        num_classes=job.data.num_classes,
+        in_chans=job.data.channels,
+        task=job.data.task,
+    )
+    if problem is not None:
+        key, reason = problem
+        field = f"model.kwargs.{key}" if key else "model.kwargs"
+        raise ConfigError([f"{source}: {field}: {reason}"])
 
 
 def _schema(args) -> int:

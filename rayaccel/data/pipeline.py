@@ -26,12 +26,13 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 from PIL import Image
 
 from rayaccel.core.storage import resolve_path
-from rayaccel.data.codec import MODE_BY_CHANNELS, decode_image, open_image
+from rayaccel.data.codec import MODE_BY_CHANNELS, channel_problem, decode_image, open_image
 from rayaccel.data.folder import read_files
 from rayaccel.data.metadata import TASKS, ShardSetMeta
 from rayaccel.data.randaugment import (
@@ -57,6 +58,22 @@ BAD_ROW_MARK = "rayaccel bad data row"
 
 class BadRowError(ValueError):
     """A row that cannot be trained on; the message names shard, row and reason."""
+
+
+BAD_SHARD_MARK = "rayaccel bad shard"
+
+
+class BadShardError(ValueError):
+    """A shard that cannot be read at all; the message names it and pyarrow's reason."""
+
+
+def unreadable_shard(path: str, error: BaseException) -> BadShardError:
+    """The error for a shard whose rows cannot be read (checked at validation, but a shard
+    may be replaced or truncated after that, e.g. by a copy still in progress)."""
+    return BadShardError(
+        f"{BAD_SHARD_MARK}: {path}: not a readable parquet file ({error}); prepare the split "
+        "again (`rayaccel validate` checks every shard's footer)"
+    )
 
 
 @dataclass(frozen=True)
@@ -169,6 +186,9 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
                 opened[row] = open_image(batch["image"][row])
             except ValueError as err:
                 reasons[row] = str(err)
+            else:
+                if _from_shard(batch, row):
+                    reasons[row] = channel_problem(opened[row], spec.channels)
     boxes = None
     if spec.rrc_scale is not None:
         # Drawn for every row (a blank size for bad ones) so a row's box does not depend on
@@ -306,6 +326,10 @@ def _decode_segmentation_row(batch, row: int, spec: DecodeSpec) -> np.ndarray:
     """Image and mask of one segmentation row as (size, size, channels + 1); both squashed
     to the square size alike (RandomResizedCrop and crops are classification-only here)."""
     size = spec.image_size_px
+    if _from_shard(batch, row):
+        problem = channel_problem(open_image(batch["image"][row]), spec.channels)
+        if problem is not None:
+            raise ValueError(problem)
     pixels = decode_image(batch["image"][row], spec.channels)
     mask = _decode_mask(batch["mask"][row], pixels.shape, spec)
     if pixels.shape[0] != size or pixels.shape[1] != size:
@@ -363,6 +387,12 @@ def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
     image = Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode)
     resized = np.asarray(image.resize((size, size), Image.BILINEAR))
     return resized.reshape(size, size, -1)
+
+
+def _from_shard(batch, row: int) -> bool:
+    """Whether a row comes from a parquet shard (whose metadata promises its channels) rather
+    than an image folder's file (any mode, converted)."""
+    return "path" not in batch or str(batch["path"][row]).endswith(".parquet")
 
 
 def _describe_row(batch, row: int, index: int, spec: DecodeSpec) -> str:
@@ -510,7 +540,10 @@ def _window_task(
     else:
         fs, root = resolve_path(location)
         path = f"{root.rstrip('/')}/{files[shard]}"
-        rows = read_window(fs, path, start, end, columns)
+        try:
+            rows = read_window(fs, path, start, end, columns)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise unreadable_shard(path, err) from None
         rows["path"] = np.full(end - start, path, dtype=object)
     if row_filter is not None:
         rows = row_filter(rows, **row_filter_kwargs)

@@ -10,17 +10,30 @@ validation and the CLI should not pay for that unless a model is actually looked
 from __future__ import annotations
 
 import difflib
+import inspect
+import re
 
+import torch
 from torch import nn
 
 from rayaccel.data.metadata import TASKS
 from rayaccel.models.resnet9 import ResNet9
 from rayaccel.models.segmentation import DEFAULT_FPN_CHANNELS, SegmentationFPN
 
-__all__ = ["ResNet9", "SegmentationFPN", "build_model", "model_exists", "suggest_models"]
+__all__ = [
+    "ResNet9",
+    "SegmentationFPN",
+    "build_model",
+    "kwargs_problem",
+    "model_exists",
+    "suggest_models",
+]
 
 RESNET9_NAME = "resnet9"
 _MAX_SUGGESTIONS = 5
+_UNEXPECTED_KWARG = re.compile(r"unexpected keyword argument '(\w+)'")
+# Constructor parameters a job cannot set: rayaccel passes them itself.
+_SET_BY_RAYACCEL = {"self", "num_classes", "in_chans", "pretrained", "device", "dtype"}
 
 
 def model_exists(name: str) -> bool:
@@ -114,3 +127,36 @@ def build_model(
     return timm.create_model(
         name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
     )
+
+
+def kwargs_problem(
+    name: str, kwargs: dict, *, num_classes: int, in_chans: int, task: str = "classification"
+) -> tuple[str, str] | None:
+    """Why ``build_model(name, **kwargs)`` would fail, before any worker tries: ``(key, reason)``
+    with ``key`` the offending kwarg ("" when no single one is to blame), or None if it builds.
+
+    The model is built on the ``meta`` device (no memory, no weights initialised: milliseconds
+    even for a ViT-B), so every check the constructor makes is made, exactly as a worker would.
+    An unknown kwarg's reason lists the ones the model's class accepts.
+    """
+    try:
+        with torch.device("meta"):
+            build_model(name, num_classes=num_classes, in_chans=in_chans, task=task, **kwargs)
+    except TypeError as err:
+        unknown = _UNEXPECTED_KWARG.search(str(err))
+        if unknown is None:
+            return "", f"{name} cannot be built with these kwargs ({err})"
+        with torch.device("meta"):
+            plain = build_model(name, num_classes=num_classes, in_chans=in_chans)
+        accepted = [
+            parameter.name
+            for parameter in inspect.signature(type(plain).__init__).parameters.values()
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+            and parameter.name not in _SET_BY_RAYACCEL
+        ]
+        return unknown.group(1), (
+            f"{name} ({type(plain).__name__}) does not accept it; accepted: {', '.join(accepted)}"
+        )
+    except (ValueError, RuntimeError, AssertionError, KeyError) as err:
+        return "", f"{name} cannot be built with these kwargs ({type(err).__name__}: {err})"
+    return None
