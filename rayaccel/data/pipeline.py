@@ -13,8 +13,9 @@ Segmentation sets (`DecodeSpec.task == "segmentation"`) also carry a `mask` per 
 exactly the image's geometry (resize, crop offsets, flips), resampled nearest-neighbour so
 class ids are never blended, and photometric RandAugment is refused rather than half-applied.
 
-Bad rows (undecodable bytes, labels or mask values out of range) either fail the run with the
-shard, the row and the reason, or, with `on_bad_row="skip"`, are kept in the stream with `bad=1` and
+Bad rows (undecodable bytes, labels or mask values out of range, a shard image whose channel
+count differs from metadata.json's) either fail the run naming each bad row of the batch (the
+shard, the row and the reason), or, with `on_bad_row="skip"`, are kept in the stream with `bad=1` and
 blank pixels so the worker can drop and count them: every worker still takes the same number
 of steps, and the count reaches the epoch metrics.
 """
@@ -238,11 +239,11 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
             except ValueError as err:
                 reasons[row] = str(err)
         if reasons[row] is not None:
-            if spec.on_bad_row == "fail":
-                raise BadRowError(_describe_row(batch, row, indices[row], spec) + reasons[row])
             images[row] = 0
             bad[row] = 1
             labels[row] = 0
+    if spec.on_bad_row == "fail" and bad.any():
+        raise BadRowError(_describe_bad_rows(batch, indices, reasons, spec))
     if photo is not None:
         return _batch_out(images, labels, indices, bad, None, batch, spec, size)
     if spec.random_crop_padding_px:
@@ -395,14 +396,31 @@ def _from_shard(batch, row: int) -> bool:
     return "path" not in batch or str(batch["path"][row]).endswith(".parquet")
 
 
+# A batch's bad rows are all named (a user fixes them in one go), up to this many.
+_MAX_BAD_ROWS_NAMED = 5
+
+
+def _describe_bad_rows(batch, indices: np.ndarray, reasons: list[str | None], spec) -> str:
+    """One line naming each bad row of a batch (shard, row, index) and its reason, in index
+    order so the message does not depend on the epoch's shuffle."""
+    rows = sorted((int(indices[row]), row) for row, reason in enumerate(reasons) if reason)
+    named = [
+        _describe_row(batch, row, index, spec) + reasons[row]
+        for index, row in rows[:_MAX_BAD_ROWS_NAMED]
+    ]
+    more = len(rows) - len(named)
+    tail = f"; and {more} more bad rows in this batch" if more else ""
+    return f"{BAD_ROW_MARK}: " + "; ".join(named) + tail
+
+
 def _describe_row(batch, row: int, index: int, spec: DecodeSpec) -> str:
     path = str(batch["path"][row]) if "path" in batch else "?"
     shard = os.path.basename(path)
     first = dict(spec.shard_first_index).get(shard)
     if first is None and "path" in batch and not path.endswith(".parquet"):
-        return f"{BAD_ROW_MARK}: file {path} (index {index}): "
+        return f"file {path} (index {index}): "
     position = f"row {index - first}" if first is not None else "row ?"
-    return f"{BAD_ROW_MARK}: shard {path} {position} (index {index}): "
+    return f"shard {path} {position} (index {index}): "
 
 
 @dataclass(frozen=True)
