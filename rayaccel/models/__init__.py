@@ -130,18 +130,27 @@ def build_model(
 
 
 def kwargs_problem(
-    name: str, kwargs: dict, *, num_classes: int, in_chans: int, task: str = "classification"
+    name: str,
+    kwargs: dict,
+    *,
+    num_classes: int,
+    in_chans: int,
+    task: str = "classification",
+    sizes_px: tuple[int, ...] = (),
 ) -> tuple[str, str] | None:
-    """Why ``build_model(name, **kwargs)`` would fail, before any worker tries: ``(key, reason)``
-    with ``key`` the offending kwarg ("" when no single one is to blame), or None if it builds.
+    """Why ``build_model(name, **kwargs)`` would fail in the workers, found before any starts:
+    ``(where, reason)`` or None.
 
     The model is built on the ``meta`` device (no memory, no weights initialised: milliseconds
-    even for a ViT-B), so every check the constructor makes is made, exactly as a worker would.
+    even for a ViT-B), so every check its constructor makes is made, exactly as a worker would;
+    then it runs on a meta batch of each size in ``sizes_px``, which finds inputs it cannot take
+    (a ViT's fixed ``img_size``, a network deeper than the image is wide). ``where`` is the
+    kwarg to blame, ``""`` for the kwargs as a whole, or ``"<px>"`` for an input size.
     An unknown kwarg's reason lists the ones the model's class accepts.
     """
     try:
         with torch.device("meta"):
-            build_model(name, num_classes=num_classes, in_chans=in_chans, task=task, **kwargs)
+            net = build_model(name, num_classes=num_classes, in_chans=in_chans, task=task, **kwargs)
     except TypeError as err:
         unknown = _UNEXPECTED_KWARG.search(str(err))
         if unknown is None:
@@ -159,4 +168,16 @@ def kwargs_problem(
         )
     except (ValueError, RuntimeError, AssertionError, KeyError) as err:
         return "", f"{name} cannot be built with these kwargs ({type(err).__name__}: {err})"
+    for size_px in sizes_px:
+        try:
+            with torch.no_grad():
+                net(torch.empty(2, in_chans, size_px, size_px, device="meta"))
+        except NotImplementedError:
+            return None  # an operator without a meta kernel: nothing more to learn here
+        except (ValueError, RuntimeError, AssertionError) as err:
+            return str(size_px), (
+                f"{name} cannot take {size_px}x{size_px} px images ({type(err).__name__}: "
+                f"{err}); set model.kwargs to suit (ViTs: img_size, or dynamic_img_size: true "
+                "for several resolutions) or pick another model"
+            )
     return None

@@ -312,6 +312,29 @@ BAD_JOB_INPUT = [
         "{job}: model.kwargs: vit_tiny_patch16_224 cannot be built with these kwargs "
         "(AssertionError: dim should be divisible by num_heads)",
     ),
+    (
+        "model-input-size",
+        None,
+        ["model={name: vit_tiny_patch16_224}"],
+        "{job}: data.image_size_px: vit_tiny_patch16_224 cannot take 28x28 px images "
+        "(AssertionError: Input height (28) doesn't match model (224).); set model.kwargs",
+    ),
+    (
+        "image-smaller-than-model-reach",
+        None,
+        ["model={name: convnext_atto}"],
+        "{job}: data.image_size_px: convnext_atto cannot take 28x28 px images (RuntimeError: ",
+    ),
+    (
+        "curriculum-stage-smaller-than-model-reach",
+        None,
+        [
+            "model={name: convnext_atto}",
+            "data.image_size_px=64",
+            "curriculum={preset: progressive, size_px: [16, 64], num_stages: 2}",
+        ],
+        "{job}: curriculum: the 16 px stage: convnext_atto cannot take 16x16 px images",
+    ),
     ("keep-checkpoints", None, ["run.keep_checkpoints=0"], "{job}: run.keep_checkpoints: "),
 ]
 
