@@ -209,51 +209,11 @@ def _run(args) -> int:
 
 
 def _check_model(job, source: str, train_images: int | None) -> None:
-    """The model name exists, the timm model accepts `model.kwargs` (resnet9's own fields are
-    checked by the schema) and the model takes every image size the plan feeds it, so these
-    fail here rather than in every worker."""
-    from rayaccel.models import RESNET9_NAME, kwargs_problem, model_exists, suggest_models
-    from rayaccel.plan import PlanError, make_plan
+    from rayaccel.train.model_check import model_problem
 
-    name = job.model.name
-    if name != RESNET9_NAME and not model_exists(name):
-        hint = ", ".join(suggest_models(name)) or "see timm.list_models()"
-        raise ConfigError(
-            [f"{source}: model.name: unknown model {name!r}; resnet9 or a timm model, e.g. {hint}"]
-        )
-    if name == RESNET9_NAME:
-        kwargs = job.model.model_dump(exclude={"name"})
-    else:
-        kwargs = dict(job.model.kwargs)
-        if job.data.task == "segmentation" and job.model.fpn_channels is not None:
-            kwargs["fpn_channels"] = job.model.fpn_channels
-    full_px = job.data.image_size_px
-    sizes_px = {full_px}
-    if train_images is not None:
-        try:
-            sizes_px.update(
-                s.resolution_px for s in make_plan(job, train_samples=train_images).stages
-            )
-        except PlanError:
-            pass  # `rayaccel plan` and `run` report it; the full resolution is still checked
-    problem = kwargs_problem(
-        name,
-        kwargs,
-        num_classes=job.data.num_classes,
-        in_chans=job.data.channels,
-        task=job.data.task,
-        sizes_px=tuple(sorted(sizes_px, reverse=True)),
-    )
-    if problem is None:
-        return
-    where, reason = problem
-    if where.isdigit():
-        field = (
-            "data.image_size_px" if int(where) == full_px else f"curriculum: the {where} px stage"
-        )
-    else:
-        field = f"model.kwargs.{where}" if where else "model.kwargs"
-    raise ConfigError([f"{source}: {field}: {reason}"])
+    problem = model_problem(job, source, train_images=train_images)
+    if problem is not None:
+        raise ConfigError([problem])
 
 
 def _schema(args) -> int:

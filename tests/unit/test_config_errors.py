@@ -481,3 +481,20 @@ def test_shard_footers_of_a_thousand_shards_are_checked_in_seconds(tmp_path):
         (tmp_path / f"part-{number:05d}.parquet").unlink()
     problems = shard_problems(f"file://{tmp_path}", meta)
     assert len(problems) == 11 and problems[-1] == f"file://{tmp_path}: ... and 10 more bad shards"
+
+
+def test_a_search_refuses_a_bad_model_before_tune_starts(capfd, tmp_path):
+    job = _job_file(tmp_path)
+    search = tmp_path / "search.yaml"
+    search.write_text(
+        f"kind: fields\njob: {job}\nname: s\nstorage_path: {tmp_path}\n"
+        "job_overrides: {model: {name: resnet18, kwargs: {not_a_kwarg: 3}}}\n"
+        "space: {train.label_smoothing: {choice: [0.0, 0.1]}}\nnum_samples: 2\nepochs: 1\n"
+        "trial: {num_workers: 1, cpus_per_worker: 0.25, preprocess_cpus: 0.25}\n"
+    )
+    code, console = _console(capfd, ["tune", str(search)])
+    assert code == EXIT_BAD_INPUT, console
+    assert console.startswith(f"{job}: model.kwargs.not_a_kwarg: resnet18 (ResNet) does not "), (
+        console
+    )
+    assert "Traceback" not in console
