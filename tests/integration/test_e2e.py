@@ -202,22 +202,20 @@ def _corrupt_copy(tmp_path: Path, rows: int = 512) -> Path:
     return out
 
 
-def test_corrupt_rows_fail_the_run_naming_shard_row_and_reason(ray_session, tmp_path, capfd):
-    train = _corrupt_copy(tmp_path)
+def test_corrupt_rows_fail_the_run_naming_shard_row_and_reason(ray_session, tmp_path, capsys):
+    # As many rows as one decode batch holds: the first bad batch holds all three bad rows.
+    train = _corrupt_copy(tmp_path, rows=256)
     overrides = [
         f"data.train={train}",
         f"data.val={FIXTURE_TEST}",
         "train.epochs=1",
         "train.schedule.warmup_epochs=0",
         "train.global_batch_size=64",
-        "scaling.num_workers=1",
-        # One decode batch holds every row, so the first bad batch holds all three bad rows.
-        "data.decode_batch_rows=512",
         f"run.storage_path={tmp_path}",
         "run.name=bad",
     ]
     assert main(["run", QUICKSTART, *overrides]) == 1
-    out, err = capfd.readouterr()
+    out, err = capsys.readouterr()
     line = [x for x in err.splitlines() if x.startswith("rayaccel: run failed:")][0]
     shard = train / "part-00000.parquet"
     assert line == "rayaccel: run failed: rayaccel bad data row: " + "; ".join(
