@@ -10,6 +10,7 @@ from __future__ import annotations
 from rayaccel.config import JobConfig
 from rayaccel.models import RESNET9_NAME, kwargs_problem, model_exists, suggest_models
 from rayaccel.plan import PlanError, make_plan
+from rayaccel.train.spec import job_model_kwargs
 
 
 def model_problem(job: JobConfig, source: str, *, train_images: int | None) -> str | None:
@@ -29,12 +30,7 @@ def model_problem(job: JobConfig, source: str, *, train_images: int | None) -> s
     if name != RESNET9_NAME and not model_exists(name):
         hint = ", ".join(suggest_models(name)) or "see timm.list_models()"
         return f"{source}: model.name: unknown model {name!r}; resnet9 or a timm model, e.g. {hint}"
-    if name == RESNET9_NAME:
-        kwargs = job.model.model_dump(exclude={"name"})
-    else:
-        kwargs = dict(job.model.kwargs)
-        if job.data.task == "segmentation" and job.model.fpn_channels is not None:
-            kwargs["fpn_channels"] = job.model.fpn_channels
+    kwargs = job_model_kwargs(job)
     full_px = job.data.image_size_px
     sizes_px = {full_px}
     if train_images is not None:
