@@ -159,7 +159,7 @@ def _load(args, *, plan_only: bool):
 
 def _validate(args) -> int:
     resolved = _load(args, plan_only=True)
-    _check_model(resolved.job, args.job)
+    _check_model(resolved.job, args.job, resolved.train_images)
     _check_trackers(resolved.job, args.job)
     print(dump_job(resolved.job), end="")
     if resolved.assumed:
@@ -196,8 +196,9 @@ def _run(args) -> int:
     from rayaccel.plan import PlanError
     from rayaccel.train.runner import RunFailed, run_job
 
-    job = _load(args, plan_only=False).job
-    _check_model(job, args.job)
+    resolved = _load(args, plan_only=False)
+    job = resolved.job
+    _check_model(job, args.job, resolved.train_images)
     _check_trackers(job, args.job)
     try:
         run_job(job, console=True, verbose=args.verbose)
@@ -209,15 +210,12 @@ def _run(args) -> int:
     return 0
 
 
-def _check_model(job, source: str) -> None:
-    from rayaccel.models import RESNET9_NAME, model_exists, suggest_models
+def _check_model(job, source: str, train_images: int | None) -> None:
+    from rayaccel.train.model_check import model_problem
 
-    name = job.model.name
-    if name != RESNET9_NAME and not model_exists(name):
-        hint = ", ".join(suggest_models(name)) or "see timm.list_models()"
-        raise ConfigError(
-            [f"{source}: model.name: unknown model {name!r}; resnet9 or a timm model, e.g. {hint}"]
-        )
+    problem = model_problem(job, source, train_images=train_images)
+    if problem is not None:
+        raise ConfigError([problem])
 
 
 def _check_trackers(job, source: str) -> None:

@@ -1,7 +1,8 @@
 """Reading YAML files and applying command-line overrides and curriculum files to them.
 
 Works on raw mappings, before any schema: problems are `ConfigError` lines naming the file
-(and, for YAML syntax, its line and column).
+(and, for YAML syntax, its line and column). A key written twice in one mapping is refused:
+plain PyYAML keeps the last one silently, so a second `model:` section would replace the first.
 """
 
 from __future__ import annotations
@@ -16,13 +17,59 @@ import yaml
 from rayaccel.config.errors import ConfigError
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping holds the same key twice; `line` is the second one's (1-based)."""
+
+    def __init__(self, key_path: str, line: int, first_line: int):
+        super().__init__(f"duplicate key {key_path} (first at line {first_line})")
+        self.key_path, self.line, self.first_line = key_path, line, first_line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key repeated in one mapping, naming its path."""
+
+    def construct_document(self, node):
+        _check_unique_keys(node, ())
+        return super().construct_document(node)
+
+
+def _check_unique_keys(node: yaml.Node, path: tuple[str, ...]) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for position, item in enumerate(node.value):
+            _check_unique_keys(item, (*path, str(position)))
+    elif isinstance(node, yaml.MappingNode):
+        first_lines: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in first_lines:
+                first = first_lines[key.tag, key.value]
+                raise DuplicateKeyError(".".join((*path, key.value)), line, first)
+            first_lines[key.tag, key.value] = line
+            _check_unique_keys(value, (*path, key.value))
+
+
+def load_yaml_text(text: str) -> Any:
+    """`yaml.safe_load` with duplicate keys refused (`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Reads a YAML mapping, turning I/O and syntax problems into a `ConfigError`."""
+    """Reads a YAML mapping, turning I/O and syntax problems and duplicate keys into a
+    `ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"{path}: no such job file"])
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml_text(path.read_text())
+    except DuplicateKeyError as err:
+        raise ConfigError(
+            [
+                f"{path}:{err.line}: duplicate key {err.key_path} (first at line "
+                f"{err.first_line}); write each key once"
+            ]
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -47,7 +94,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             problems.append(f"override {item!r}: expected section.key=value, e.g. train.epochs=3")
             continue
         try:
-            value = yaml.safe_load(text) if text else None
+            value = load_yaml_text(text) if text else None
+        except DuplicateKeyError as err:
+            problems.append(f"override {item!r}: {err}")
+            continue
         except yaml.YAMLError:
             value = text
         node = raw

@@ -33,6 +33,7 @@ from rayaccel.core.schema import Strict, cross_field_error, number, variant_key_
 from rayaccel.data.cards import CARD_NAMES, CARDS, DatasetFacts
 from rayaccel.data.folder import read_split_meta
 from rayaccel.data.metadata import ShardSetMeta
+from rayaccel.data.shard_check import shard_problems
 from rayaccel.methods.registry import METHODS, MethodSpec, method_problems
 from rayaccel.optim.lr_scaling import linear_warmup_epochs_for, rule_exponent, scale_lr
 from rayaccel.optim.registry import OPTIMIZER_NAMES
@@ -1023,6 +1024,11 @@ def resolve_data_facts(
                 if job.data.source == "parquet"
                 else f"data.{split}: {location} is not a class-per-folder image tree ({err})"
             )
+        else:
+            if job.data.source == "parquet":
+                problems.extend(
+                    f"data.{split}: {line}" for line in shard_problems(location, metas[split])
+                )
     if problems:
         raise ConfigError([f"{source}: {p}" for p in problems])
     train = _train_facts(job, metas.get("train"), stated)

@@ -79,6 +79,20 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
     return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)
 
 
+def channel_problem(image: Image.Image, channels: int) -> str | None:
+    """Why a shard's image does not have the channel count its split's metadata promises, or
+    None. `rayaccel data prepare` stores every image in that mode, so another one means the
+    shard and its metadata.json disagree (decoding would convert it silently, and the split's
+    per-channel mean/std would then describe other pixels)."""
+    bands = image.getbands()
+    if len(bands) == channels:
+        return None
+    return (
+        f"image has {len(bands)} channels (mode {image.mode}) but the split's metadata.json "
+        f"says channels: {channels}"
+    )
+
+
 def open_image(data: bytes) -> Image.Image:
     """A lazily decoded image (only the header is read until its pixels are needed).
 

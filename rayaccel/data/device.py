@@ -20,12 +20,13 @@ import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from rayaccel.core.seeds import epoch_seed
 from rayaccel.data.metadata import ShardSetMeta, read_meta
-from rayaccel.data.pipeline import DecodeSpec, decode_batch, shard_paths
+from rayaccel.data.pipeline import DecodeSpec, decode_batch, shard_paths, unreadable_shard
 
 
 def worker_rows(count: int, rank: int, world_size: int, *, equal: bool) -> np.ndarray:
@@ -63,7 +64,10 @@ def load_rows(
         stop = np.searchsorted(rows, shard.first_index + shard.count)
         if start == stop:
             continue
-        table = pq.read_table(path, filesystem=fs, columns=["image", "label", "index"])
+        try:
+            table = pq.read_table(path, filesystem=fs, columns=["image", "label", "index"])
+        except (OSError, pa.ArrowInvalid) as err:
+            raise unreadable_shard(path, err) from None
         local = rows[start:stop] - shard.first_index
         taken = table.take(local)
         batch = {

@@ -13,8 +13,9 @@ Segmentation sets (`DecodeSpec.task == "segmentation"`) also carry a `mask` per 
 exactly the image's geometry (resize, crop offsets, flips), resampled nearest-neighbour so
 class ids are never blended, and photometric RandAugment is refused rather than half-applied.
 
-Bad rows (undecodable bytes, labels or mask values out of range) either fail the run with the
-shard, the row and the reason, or, with `on_bad_row="skip"`, are kept in the stream with `bad=1` and
+Bad rows (undecodable bytes, labels or mask values out of range, a shard image whose channel
+count differs from metadata.json's) either fail the run naming each bad row of the batch (the
+shard, the row and the reason), or, with `on_bad_row="skip"`, are kept in the stream with `bad=1` and
 blank pixels so the worker can drop and count them: every worker still takes the same number
 of steps, and the count reaches the epoch metrics.
 """
@@ -26,12 +27,13 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 from PIL import Image
 
 from rayaccel.core.storage import resolve_path
-from rayaccel.data.codec import MODE_BY_CHANNELS, decode_image, open_image
+from rayaccel.data.codec import MODE_BY_CHANNELS, channel_problem, decode_image, open_image
 from rayaccel.data.folder import read_files
 from rayaccel.data.metadata import TASKS, ShardSetMeta
 from rayaccel.data.randaugment import (
@@ -57,6 +59,22 @@ BAD_ROW_MARK = "rayaccel bad data row"
 
 class BadRowError(ValueError):
     """A row that cannot be trained on; the message names shard, row and reason."""
+
+
+BAD_SHARD_MARK = "rayaccel bad shard"
+
+
+class BadShardError(ValueError):
+    """A shard that cannot be read at all; the message names it and pyarrow's reason."""
+
+
+def unreadable_shard(path: str, error: BaseException) -> BadShardError:
+    """The error for a shard whose rows cannot be read (checked at validation, but a shard
+    may be replaced or truncated after that, e.g. by a copy still in progress)."""
+    return BadShardError(
+        f"{BAD_SHARD_MARK}: {path}: not a readable parquet file ({error}); prepare the split "
+        "again (`rayaccel validate` checks every shard's footer)"
+    )
 
 
 @dataclass(frozen=True)
@@ -169,6 +187,9 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
                 opened[row] = open_image(batch["image"][row])
             except ValueError as err:
                 reasons[row] = str(err)
+            else:
+                if _from_shard(batch, row):
+                    reasons[row] = channel_problem(opened[row], spec.channels)
     boxes = None
     if spec.rrc_scale is not None:
         # Drawn for every row (a blank size for bad ones) so a row's box does not depend on
@@ -218,11 +239,11 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, rng: np.random.
             except ValueError as err:
                 reasons[row] = str(err)
         if reasons[row] is not None:
-            if spec.on_bad_row == "fail":
-                raise BadRowError(_describe_row(batch, row, indices[row], spec) + reasons[row])
             images[row] = 0
             bad[row] = 1
             labels[row] = 0
+    if spec.on_bad_row == "fail" and bad.any():
+        raise BadRowError(_describe_bad_rows(batch, indices, reasons, spec))
     if photo is not None:
         return _batch_out(images, labels, indices, bad, None, batch, spec, size)
     if spec.random_crop_padding_px:
@@ -306,6 +327,10 @@ def _decode_segmentation_row(batch, row: int, spec: DecodeSpec) -> np.ndarray:
     """Image and mask of one segmentation row as (size, size, channels + 1); both squashed
     to the square size alike (RandomResizedCrop and crops are classification-only here)."""
     size = spec.image_size_px
+    if _from_shard(batch, row):
+        problem = channel_problem(open_image(batch["image"][row]), spec.channels)
+        if problem is not None:
+            raise ValueError(problem)
     pixels = decode_image(batch["image"][row], spec.channels)
     mask = _decode_mask(batch["mask"][row], pixels.shape, spec)
     if pixels.shape[0] != size or pixels.shape[1] != size:
@@ -365,14 +390,37 @@ def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return resized.reshape(size, size, -1)
 
 
+def _from_shard(batch, row: int) -> bool:
+    """Whether a row comes from a parquet shard (whose metadata promises its channels) rather
+    than an image folder's file (any mode, converted)."""
+    return "path" not in batch or str(batch["path"][row]).endswith(".parquet")
+
+
+# A batch's bad rows are all named (a user fixes them in one go), up to this many.
+_MAX_BAD_ROWS_NAMED = 5
+
+
+def _describe_bad_rows(batch, indices: np.ndarray, reasons: list[str | None], spec) -> str:
+    """One line naming each bad row of a batch (shard, row, index) and its reason, in index
+    order so the message does not depend on the epoch's shuffle."""
+    rows = sorted((int(indices[row]), row) for row, reason in enumerate(reasons) if reason)
+    named = [
+        _describe_row(batch, row, index, spec) + reasons[row]
+        for index, row in rows[:_MAX_BAD_ROWS_NAMED]
+    ]
+    more = len(rows) - len(named)
+    tail = f"; and {more} more bad rows in this batch" if more else ""
+    return f"{BAD_ROW_MARK}: " + "; ".join(named) + tail
+
+
 def _describe_row(batch, row: int, index: int, spec: DecodeSpec) -> str:
     path = str(batch["path"][row]) if "path" in batch else "?"
     shard = os.path.basename(path)
     first = dict(spec.shard_first_index).get(shard)
     if first is None and "path" in batch and not path.endswith(".parquet"):
-        return f"{BAD_ROW_MARK}: file {path} (index {index}): "
+        return f"file {path} (index {index}): "
     position = f"row {index - first}" if first is not None else "row ?"
-    return f"{BAD_ROW_MARK}: shard {path} {position} (index {index}): "
+    return f"shard {path} {position} (index {index}): "
 
 
 @dataclass(frozen=True)
@@ -510,7 +558,10 @@ def _window_task(
     else:
         fs, root = resolve_path(location)
         path = f"{root.rstrip('/')}/{files[shard]}"
-        rows = read_window(fs, path, start, end, columns)
+        try:
+            rows = read_window(fs, path, start, end, columns)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise unreadable_shard(path, err) from None
         rows["path"] = np.full(end - start, path, dtype=object)
     if row_filter is not None:
         rows = row_filter(rows, **row_filter_kwargs)

@@ -10,17 +10,30 @@ validation and the CLI should not pay for that unless a model is actually looked
 from __future__ import annotations
 
 import difflib
+import inspect
+import re
 
+import torch
 from torch import nn
 
 from rayaccel.data.metadata import TASKS
 from rayaccel.models.resnet9 import ResNet9
 from rayaccel.models.segmentation import DEFAULT_FPN_CHANNELS, SegmentationFPN
 
-__all__ = ["ResNet9", "SegmentationFPN", "build_model", "model_exists", "suggest_models"]
+__all__ = [
+    "ResNet9",
+    "SegmentationFPN",
+    "build_model",
+    "kwargs_problem",
+    "model_exists",
+    "suggest_models",
+]
 
 RESNET9_NAME = "resnet9"
 _MAX_SUGGESTIONS = 5
+_UNEXPECTED_KWARG = re.compile(r"unexpected keyword argument '(\w+)'")
+# Constructor parameters a job cannot set: rayaccel passes them itself.
+_SET_BY_RAYACCEL = {"self", "num_classes", "in_chans", "pretrained", "device", "dtype"}
 
 
 def model_exists(name: str) -> bool:
@@ -114,3 +127,57 @@ def build_model(
     return timm.create_model(
         name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
     )
+
+
+def kwargs_problem(
+    name: str,
+    kwargs: dict,
+    *,
+    num_classes: int,
+    in_chans: int,
+    task: str = "classification",
+    sizes_px: tuple[int, ...] = (),
+) -> tuple[str, str] | None:
+    """Why ``build_model(name, **kwargs)`` would fail in the workers, found before any starts:
+    ``(where, reason)`` or None.
+
+    The model is built on the ``meta`` device (no memory, no weights initialised: milliseconds
+    even for a ViT-B), so every check its constructor makes is made, exactly as a worker would;
+    then it runs on a meta batch of each size in ``sizes_px``, which finds inputs it cannot take
+    (a ViT's fixed ``img_size``, a network deeper than the image is wide). ``where`` is the
+    kwarg to blame, ``""`` for the kwargs as a whole, or ``"<px>"`` for an input size.
+    An unknown kwarg's reason lists the ones the model's class accepts.
+    """
+    try:
+        with torch.device("meta"):
+            net = build_model(name, num_classes=num_classes, in_chans=in_chans, task=task, **kwargs)
+    except TypeError as err:
+        unknown = _UNEXPECTED_KWARG.search(str(err))
+        if unknown is None:
+            return "", f"{name} cannot be built with these kwargs ({err})"
+        with torch.device("meta"):
+            plain = build_model(name, num_classes=num_classes, in_chans=in_chans)
+        accepted = [
+            parameter.name
+            for parameter in inspect.signature(type(plain).__init__).parameters.values()
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+            and parameter.name not in _SET_BY_RAYACCEL
+        ]
+        return unknown.group(1), (
+            f"{name} ({type(plain).__name__}) does not accept it; accepted: {', '.join(accepted)}"
+        )
+    except (ValueError, RuntimeError, AssertionError, KeyError) as err:
+        return "", f"{name} cannot be built with these kwargs ({type(err).__name__}: {err})"
+    for size_px in sizes_px:
+        try:
+            with torch.no_grad():
+                net(torch.empty(2, in_chans, size_px, size_px, device="meta"))
+        except NotImplementedError:
+            return None  # an operator without a meta kernel: nothing more to learn here
+        except (ValueError, RuntimeError, AssertionError) as err:
+            return str(size_px), (
+                f"{name} cannot take {size_px}x{size_px} px images ({type(err).__name__}: "
+                f"{err}); set model.kwargs to suit (ViTs: img_size, or dynamic_img_size: true "
+                "for several resolutions) or pick another model"
+            )
+    return None

@@ -40,6 +40,7 @@ from rayaccel.data.cluster import connect_ray
 from rayaccel.data.folder import list_folder, read_split_meta
 from rayaccel.data.pipeline import (
     BAD_ROW_MARK,
+    BAD_SHARD_MARK,
     EPOCH_CLOCK_KEY,
     DecodeSpec,
     build_dataset,
@@ -576,7 +577,8 @@ def summarize(folder: RunFolder, plan: Plan, *, wall_time_s: float) -> dict:
 
 
 def _root_cause(err: BaseException) -> str:
-    """The most useful line of a failure: a bad data row if there is one, else the error.
+    """The most useful line of a failure: a bad data row or shard if there is one, else the
+    error.
 
     Worker exceptions arrive wrapped (Ray Data task error -> worker error -> group error),
     and the group error's own text is truncated, so every wrapped exception is searched.
@@ -590,8 +592,9 @@ def _root_cause(err: BaseException) -> str:
         pending.extend(getattr(exc, "worker_failures", {}).values())
     for text in texts:
         for line in text.splitlines():
-            if BAD_ROW_MARK in line:
-                return line[line.index(BAD_ROW_MARK) :].strip()
+            for mark in (BAD_ROW_MARK, BAD_SHARD_MARK):
+                if mark in line:
+                    return line[line.index(mark) :].strip()
     text = "\n".join(str(e) for e in getattr(err, "worker_failures", {}).values()) or str(err)
     lines = [line for line in text.strip().splitlines() if line.strip()]
     errors = [line for line in lines if "Error" in line.split(":")[0]]

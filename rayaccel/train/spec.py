@@ -174,15 +174,21 @@ def _value(annotation: Any, value: Any) -> Any:
     return value
 
 
+def job_model_kwargs(job: JobConfig) -> dict[str, Any]:
+    """The job's own `build_model` kwargs (the methods' are added to them in the spec)."""
+    model = job.model
+    if isinstance(model, ResNet9Model):
+        return model.model_dump(exclude={"name", "pretrained", "init_checkpoint"})
+    kwargs = dict(model.kwargs)
+    if job.data.task == "segmentation" and model.fpn_channels is not None:
+        kwargs["fpn_channels"] = model.fpn_channels
+    return kwargs
+
+
 def build_worker_spec(job: JobConfig, plan: Plan) -> WorkerSpec:
     """The spec of a validated, data-resolved job and its plan (the only job reader here)."""
     data, model, train = job.data, job.model, job.train
-    if isinstance(model, ResNet9Model):
-        model_kwargs = model.model_dump(exclude={"name", "pretrained", "init_checkpoint"})
-    else:
-        model_kwargs = dict(model.kwargs)
-        if data.task == "segmentation" and model.fpn_channels is not None:
-            model_kwargs["fpn_channels"] = model.fpn_channels
+    model_kwargs = job_model_kwargs(job)
     optimizer = train.optimizer
     cpus = (job.scaling.resources_per_worker or {}).get("CPU", 1)
     return WorkerSpec(

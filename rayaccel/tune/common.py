@@ -21,6 +21,7 @@ from rayaccel.config import ConfigError, JobConfig, parse_job, read_yaml, resolv
 from rayaccel.core.records import EpochRecord
 from rayaccel.core.storage import absolute_location
 from rayaccel.data.cluster import connect_ray
+from rayaccel.train.model_check import model_problem
 from rayaccel.train.runner import free_placement_group, run_job
 from rayaccel.tune.spec import TrialResources
 
@@ -75,6 +76,9 @@ def base_job_raw(
     for line in resolved.contradictions:
         print(f"[rayaccel] warning: {job_path}: {line}", flush=True)
     job = resolved.job
+    problem = model_problem(job, job_path, train_images=resolved.train_images)
+    if problem is not None:
+        raise ConfigError([problem])
     if job.data.val is None:
         raise ConfigError(
             [
@@ -93,8 +97,13 @@ def base_job_raw(
 
 
 def trial_job(raw: dict[str, Any], source: str) -> JobConfig:
-    """Validates a trial job built from the base job (on the driver, before Tune starts)."""
-    return parse_job(raw, source=source)
+    """Validates a trial job built from the base job (on the driver, before Tune starts),
+    its model included (a field search may vary `model.kwargs`)."""
+    job = parse_job(raw, source=source)
+    problem = model_problem(job, source, train_images=None)
+    if problem is not None:
+        raise ConfigError([problem])
+    return job
 
 
 def search_folder(storage_path: str, name: str) -> Path:

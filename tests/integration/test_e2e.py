@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -34,6 +35,7 @@ from helpers import (
 )
 
 from rayaccel.cli import main
+from rayaccel.data.codec import decode_image, encode_image
 from rayaccel.data.metadata import ShardInfo, ShardSetMeta, read_meta, write_meta
 from rayaccel.models import ResNet9
 
@@ -191,14 +193,23 @@ def _assert_clean_console(console: str, run_dir: Path) -> None:
     assert "TrainingReport(" in (run_dir / "ray.log").read_text()
 
 
+BAD_ROWS = {
+    5: "not a decodable image (cannot identify image file)",
+    7: "image has 3 channels (mode RGB) but the split's metadata.json says channels: 1",
+    9: "label 10 is outside 0..9",
+}
+
+
 def _corrupt_copy(tmp_path: Path, rows: int = 512) -> Path:
-    """The first `rows` fixture images with one undecodable image (row 5) and one label
-    out of range (row 9)."""
+    """The first `rows` fixture images with the `BAD_ROWS`: an undecodable image (row 5), an
+    RGB image in a grey split (row 7) and a label out of range (row 9)."""
     meta = read_meta(FIXTURE_TRAIN)
     table = pq.read_table(FIXTURE_TRAIN / meta.shards[0].file).slice(0, rows)
     images = table.column("image").to_pylist()
     labels = table.column("label").to_pylist()
     images[5] = b"\x89PNG\r\n\x1a\n this is not an image"
+    grey = decode_image(images[7], 1)
+    images[7] = encode_image(np.repeat(grey, 3, axis=2))
     labels[9] = 10
     table = table.set_column(
         table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())
@@ -231,8 +242,9 @@ def _corrupt_copy(tmp_path: Path, rows: int = 512) -> Path:
     return out
 
 
-def test_corrupt_row_fails_with_shard_row_and_reason(ray_session, tmp_path, capsys):
-    train = _corrupt_copy(tmp_path)
+def test_corrupt_rows_fail_the_run_naming_shard_row_and_reason(ray_session, tmp_path, capsys):
+    # As many rows as one decode batch holds: the first bad batch holds all three bad rows.
+    train = _corrupt_copy(tmp_path, rows=256)
     overrides = [
         f"data.train={train}",
         f"data.val={FIXTURE_TEST}",
@@ -243,13 +255,13 @@ def test_corrupt_row_fails_with_shard_row_and_reason(ray_session, tmp_path, caps
         "run.name=bad",
     ]
     assert main(["run", QUICKSTART, *overrides]) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     line = [x for x in err.splitlines() if x.startswith("rayaccel: run failed:")][0]
-    assert str(train / "part-00000.parquet") in line
-    assert (
-        "row 5 (index 5): not a decodable image" in line
-        or "row 9 (index 9): label 10 is outside 0..9" in line
-    ), line
+    shard = train / "part-00000.parquet"
+    assert line == "rayaccel: run failed: rayaccel bad data row: " + "; ".join(
+        f"shard {shard} row {row} (index {row}): {reason}" for row, reason in BAD_ROWS.items()
+    )
+    assert "Traceback" not in out + err, out + err
 
 
 def test_corrupt_rows_are_skipped_and_counted(ray_session, tmp_path):
@@ -266,7 +278,7 @@ def test_corrupt_rows_are_skipped_and_counted(ray_session, tmp_path):
     assert main(["run", QUICKSTART, *overrides]) == 0
     rows = read_metrics(tmp_path / "skip")
     # 512 rows split evenly over 2 workers in whole batches: every row is seen each epoch.
-    assert [r["bad_rows_skipped"] for r in rows] == [2, 2]
-    assert [r["train_images"] for r in rows] == [510, 510]
+    assert [r["bad_rows_skipped"] for r in rows] == [3, 3]
+    assert [r["train_images"] for r in rows] == [509, 509]
     summary = read_summary(tmp_path / "skip")
-    assert summary["bad_rows_skipped"] == 4
+    assert summary["bad_rows_skipped"] == 6

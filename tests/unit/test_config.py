@@ -11,6 +11,7 @@ import pytest
 import yaml
 from helpers import FIXTURE
 
+from rayaccel.cli import EXIT_BAD_INPUT, main
 from rayaccel.config import (
     AugmentConfig,
     ConfigError,
@@ -208,9 +209,12 @@ BAD_JOBS = {
 
 
 @pytest.mark.parametrize(("changes", "expected"), BAD_JOBS.values(), ids=BAD_JOBS.keys())
-def test_bad_job_gives_one_readable_line(tmp_path, changes, expected):
+def test_bad_job_gives_one_readable_line(tmp_path, capfd, changes, expected):
     path = _write(tmp_path, _job_with(changes))
     assert _problems(path) == [f"{path}: {expected}"]
+    # The console of `rayaccel validate` holds that line alone: no traceback, status 2.
+    assert main(["validate", str(path)]) == EXIT_BAD_INPUT
+    assert capfd.readouterr() == ("", f"{path}: {expected}\n")
 
 
 def test_base_job_is_valid(tmp_path):
