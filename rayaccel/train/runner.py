@@ -317,6 +317,9 @@ def _fit(
     free_placement_group((result.return_value or {}).get("placement_group_id"))
     summary = summarize(folder, plan, wall_time_s=time.time() - started_s)
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    # When this attempt started: with the epochs' report times it gives the wall time to any
+    # epoch (a resumed run's `wall_time_s` and this cover its last attempt only).
+    summary["started_unix_s"] = started_s
     folder.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
     _write_plots(folder)
     finish_tracking(folder, tracking, checkpoint=summary["checkpoint"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import load_benchmark
@@ -44,30 +45,38 @@ def test_fast_vs_baseline_smoke_reports_time_to_target(ray_session, tmp_path, ca
             assert 1 <= hit["epochs"] <= 2 and 0 < hit["wall_s"] <= run["wall_time_s"] + 1
 
 
-def test_time_to_accuracy_smoke_prints_its_table_and_runs_write_plots(
+def test_time_to_accuracy_smoke_builds_a_frontier_and_adds_runs_later(
     ray_session, tmp_path, capsys
 ):
-    # baseline and the combination cover every job edit (et++ alone is the etpp smoke above;
-    # infobatch alone only adds the section the combination adds).
+    # The combination covers every job edit but progressive's and fast's (unit-tested: their
+    # jobs validate); et++ alone is the etpp smoke above.
     bench = load_benchmark("time_to_accuracy")
     results_file = tmp_path / "results.json"
-    argv = ["--smoke", "--variants", "baseline,et++ & infobatch", "--out", str(tmp_path)]
-    assert bench.main([*argv, "--json", str(results_file)]) == 0
+    # One baseline budget, so the two runs of the earlier version of this smoke: the frontier's
+    # interpolation between budgets is unit-tested (test_benchmark_helpers.py).
+    argv = ["--smoke", "--budgets", "2", "--seeds", "0", "--out", str(tmp_path)]
+    both = ["--variants", "et++ & infobatch"]
+    assert bench.main([*argv, *both, "--json", str(results_file)]) == 0
     out = capsys.readouterr().out
-    assert "| run | epochs | final val acc (full res) |" in out
-    assert "| baseline | 2/2 |" in out and "| et++ & infobatch | 3/3 |" in out
+    assert "ran 2, 0 still missing" in out and "| baseline@2 | 1 |" in out
+    row = [line for line in out.splitlines() if line.startswith("| et++ & infobatch | 1 |")][0]
+    assert "x** ± 0.00" in row  # a speed-up (a bound, with one budget) against the frontier
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
     results = json.loads(results_file.read_text())
-    for summary in results["runs"].values():
-        assert summary["eval_resolution_px"] == 28
-        for name in ("plot_accuracy.png", "plot_plan.png", "plot_throughput.png"):
-            assert (tmp_path / summary["run_folder"] / name).stat().st_size > 10_000
-    rows = [
-        json.loads(line)
-        for line in (tmp_path / "bench-tta-etpp-infobatch" / "metrics.jsonl")
-        .read_text()
-        .splitlines()
-    ]
+    assert results["commit"] and results["missing_runs"] == 0
+    combined = results["variants"]["et++ & infobatch"]
+    assert combined["speedup"] > 0 and len(combined["speedup_per_seed"]) == 1
+    folder = Path(results["runs"]["et++ & infobatch s0"]["run_folder"])
+    for name in ("plot_accuracy.png", "plot_plan.png", "plot_throughput.png"):
+        assert (folder / name).stat().st_size > 10_000
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["infobatch/fraction_pruned"] > 0  # epoch 2 pruned with epoch 1's losses
+
+    # Additive: finished runs are read back, and --max-runs 0 runs none of the missing ones.
+    assert bench.main([*argv, "--variants", "et++ & infobatch,infobatch", "--max-runs", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "ran 0, 1 still missing" in out and "| et++ & infobatch | 1 |" in out
+    assert "| infobatch |" not in out
 
 
 def test_ray_overhead_smoke_prints_its_table(ray_session, tmp_path, capsys):

@@ -38,24 +38,70 @@ def test_etpp_vs_baseline_over_seeds_averages_times_and_gaps():
     assert "seed: mean of 0, 1" in table and "(sd 0.71 over seeds)" in table
 
 
-def test_time_to_accuracy_variants_differ_only_in_their_methods(tmp_path):
+def test_time_to_accuracy_runs_differ_only_in_their_methods_budgets_and_seeds(tmp_path):
     from rayaccel.config import parse_job, resolve_data
 
     bench = load_benchmark("time_to_accuracy")
-    raws = bench.jobs(FIXTURE, tmp_path, smoke=True, variants=list(bench.VARIANTS))
-    jobs = {name: resolve_data(parse_job(raw)) for name, raw in raws.items()}
-    assert jobs["baseline"].curriculum is None and jobs["baseline"].infobatch is None
-    assert jobs["et++"].curriculum is not None and jobs["et++"].infobatch is None
-    assert jobs["infobatch"].curriculum is None and jobs["infobatch"].infobatch.prune_ratio == 0.5
-    both = jobs["et++ & infobatch"]
-    assert both.curriculum == jobs["et++"].curriculum and both.infobatch.delta == 0.875
-    assert len({job.run.name for job in jobs.values()}) == 4
-    for job in jobs.values():  # same model, data and budget everywhere
-        assert (job.model, job.data, job.train) == (
-            jobs["baseline"].model,
-            jobs["baseline"].data,
-            jobs["baseline"].train,
-        )
+    raws = bench.run_jobs(
+        FIXTURE, tmp_path, job=bench.JOB, budgets=[1, 2], variants=list(bench.VARIANTS),
+        seeds=[0, 1], smoke=True,
+    )  # fmt: skip
+    jobs = {key: resolve_data(parse_job(raw)) for key, raw in raws.items()}
+    assert len({job.run.name for job in jobs.values()}) == len(jobs) == 2 * (2 + 5)
+    base = jobs[("baseline@2", 1)]
+    assert base.curriculum is None and base.infobatch is None and base.train.seed == 1
+    assert jobs[("baseline@1", 0)].train.epochs == 1
+    assert jobs[("et++", 0)].curriculum.preset != "progressive"
+    assert jobs[("infobatch", 0)].curriculum is None
+    assert jobs[("infobatch", 0)].infobatch.prune_ratio == 0.5
+    assert jobs[("et++ & infobatch", 0)].curriculum == jobs[("et++", 0)].curriculum
+    assert jobs[("progressive", 0)].curriculum.preset == "progressive"
+    assert jobs[("fast", 0)].tricks is not None
+    for name in ("et++", "infobatch", "et++ & infobatch", "progressive"):
+        job = jobs[(name, 1)]  # the same model, data and training budget as the baseline
+        assert (job.model, job.data) == (base.model, base.data)
+        assert job.train.epochs == base.train.epochs and job.train.seed == 1
+
+
+def test_speedup_at_equal_accuracy_reads_the_baselines_frontier():
+    bench = load_benchmark("time_to_accuracy")
+    # A longer budget that ends lower is not on the frontier.
+    front = bench.frontier([(100, 0.90), (200, 0.92), (400, 0.93), (300, 0.91)])
+    assert front == [(100, 0.90), (200, 0.92), (400, 0.93)]
+    assert bench.wall_at(front, 0.925) == (pytest.approx(300), "=")
+    assert bench.wall_at(front, 0.95) == (400, ">=")
+    assert bench.wall_at(front, 0.80) == (100, "<=")
+
+    def result(seed, acc, wall_s):
+        rows = [{"epoch": 0, "val_acc": acc - 0.01, "time_unix_s": 10.0}]
+        rows.append({"epoch": 1, "val_acc": acc, "time_unix_s": 10.0 + wall_s})
+        return {
+            "seed": seed,
+            "final_val_acc": acc,
+            "wall_time_s": wall_s,
+            "to_target": bench.time_to_target(rows, 10.0, 0.915),
+        }
+
+    runs = {
+        ("baseline@1", 0): result(0, 0.90, 100),
+        ("baseline@1", 1): result(1, 0.90, 100),
+        ("baseline@2", 0): result(0, 0.92, 200),
+        ("baseline@2", 1): result(1, 0.92, 200),
+        # 0.91 and 0.92 accurate: the frontier spends 150 and 200 s there.
+        ("et++", 0): result(0, 0.91, 75),
+        ("et++", 1): result(1, 0.92, 100),
+    }
+    analysis = bench.analyse(runs, target=0.915)
+    etpp = analysis["rows"]["et++"]
+    assert etpp["acc_mean"] == pytest.approx(0.915) and etpp["wall_s_mean"] == pytest.approx(87.5)
+    assert etpp["frontier_wall_s"] == pytest.approx(175) and etpp["speedup_bound"] == "="
+    assert etpp["speedup"] == pytest.approx(2.0)
+    assert etpp["speedup_per_seed"] == [pytest.approx(2.0), pytest.approx(2.0)]
+    assert etpp["to_target_reached"] == "1/2" and etpp["to_target_s_mean"] is None
+    assert analysis["rows"]["baseline@2"]["to_target_s_mean"] == pytest.approx(200)
+    table = bench.format_table(analysis)
+    assert "| et++ | 2 | 91.50% ± 0.71 | 87.5 ± 17.7 | 175.0 | **2.00x** ± 0.00 |" in table
+    assert table.index("baseline@1") < table.index("baseline@2") < table.index("et++")
 
 
 def test_ray_overhead_compares_steady_state_epochs():
