@@ -117,69 +117,14 @@ def _s3_filesystem(env: dict):
 
 
 @pytest.mark.ray
-def test_s3_uris_for_data_and_run_folder(moto_s3, tmp_path):
-    """A whole run against S3: data read by Ray Data, checkpoints and metrics written back."""
-    import pyarrow.fs as pafs
-
-    s3 = _s3_filesystem(moto_s3)
-    s3.create_dir("rayaccel")
-    for split, folder in (("train", FIXTURE_TRAIN), ("test", FIXTURE_TEST)):
-        pafs.copy_files(
-            str(folder),
-            f"rayaccel/fixture/{split}",
-            source_filesystem=pafs.LocalFileSystem(),
-            destination_filesystem=s3,
-        )
-    overrides = [
-        "data.train=s3://rayaccel/fixture/train",
-        "data.val=s3://rayaccel/fixture/test",
-        "run.storage_path=s3://rayaccel/runs",
-        "run.name=s3run",
-        *ONE_EPOCH,
-        # The trackers write a local mirror that is uploaded after every epoch.
-        "tracking.tensorboard=true",
-        "tracking.mlflow=true",
-    ]
-    log = tmp_path / "run.log"
-    with log.open("w") as out:
-        # RAY_ADDRESS=local: a private Ray instance whose workers inherit the S3 settings.
-        done = subprocess.run(
-            [sys.executable, "-m", "rayaccel", "run", QUICKSTART, *overrides],
-            env={**moto_s3, "RAY_ADDRESS": "local"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=300,
-        )
-    assert done.returncode == 0, log.read_text()[-4000:]
-
-    def read(path: str) -> str:
-        with s3.open_input_stream(f"rayaccel/runs/s3run/{path}") as stream:
-            return stream.read().decode()
-
-    summary = json.loads(read("summary.json"))
-    assert summary["epochs_completed"] == 1 and summary["final_val_acc"] > 0.5, summary
-    assert summary["run_folder"] == "s3://rayaccel/runs/s3run"
-    (row,) = [json.loads(line) for line in read("metrics.jsonl").splitlines()]
-    assert row["val_images"] == 1000
-    listing = s3.get_file_info(pafs.FileSelector("rayaccel/runs/s3run"))
-    assert any(info.base_name.startswith("checkpoint_") for info in listing), listing
-
-    copy = tmp_path / "downloaded"
-    pafs.copy_files("rayaccel/runs/s3run", str(copy), s3, pafs.LocalFileSystem())
-    assert [e for e, _ in read_tensorboard(copy / "tensorboard")["val_acc"]] == [1]
-    client, (run,) = read_mlflow_runs(copy / "mlflow" / "mlflow.db")
-    assert run.info.status == "FINISHED" and run.data.metrics["val_acc"] == row["val_acc"]
-    artifacts = copy / "mlflow" / "artifacts" / run.info.run_id / "artifacts"
-    assert json.loads((artifacts / "summary.json").read_text()) == summary
-
-
-@pytest.mark.ray
-def test_s3_photo_preparation_output(moto_s3, tmp_path):
-    """`rayaccel data prepare imagefolder` writes its shards and metadata to S3, and a run
-    trains from them."""
+def test_s3_photo_shards_and_run_folder(moto_s3, tmp_path):
+    """`rayaccel data prepare imagefolder` writes its shards and metadata to S3; a run trains
+    from them (Ray Data reads S3) and writes its run folder there: checkpoints, metrics, and
+    the trackers' local mirrors, uploaded after every epoch."""
     import io
 
     import numpy as np
+    import pyarrow.fs as pafs
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -194,6 +139,7 @@ def test_s3_photo_preparation_output(moto_s3, tmp_path):
                 (folder / f"{i}.jpg").write_bytes(buffer.getvalue())
     s3 = _s3_filesystem(moto_s3)
     s3.create_dir("photos")
+    # RAY_ADDRESS=local: a private Ray instance whose workers inherit the S3 settings.
     env = {**moto_s3, "RAY_ADDRESS": "local"}
     prepare = [sys.executable, "-m", "rayaccel", "data", "prepare", "imagefolder"]
     done = subprocess.run(
@@ -214,9 +160,11 @@ def test_s3_photo_preparation_output(moto_s3, tmp_path):
         "data.augment.random_crop_padding_px=0",
         "data.augment.random_resized_crop={}",
         "train.global_batch_size=16",
-        f"run.storage_path={tmp_path / 'runs'}",
-        "run.name=s3photos",
+        "run.storage_path=s3://photos/runs",
+        "run.name=s3run",
         *ONE_EPOCH,
+        "tracking.tensorboard=true",
+        "tracking.mlflow=true",
     ]
     done = subprocess.run(
         [sys.executable, "-m", "rayaccel", "run", QUICKSTART, *overrides],
@@ -226,5 +174,23 @@ def test_s3_photo_preparation_output(moto_s3, tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (row,) = read_metrics(tmp_path / "runs" / "s3photos")
+
+    def read(path: str) -> str:
+        with s3.open_input_stream(f"photos/runs/s3run/{path}") as stream:
+            return stream.read().decode()
+
+    summary = json.loads(read("summary.json"))
+    assert summary["epochs_completed"] == 1, summary
+    assert summary["run_folder"] == "s3://photos/runs/s3run"
+    (row,) = [json.loads(line) for line in read("metrics.jsonl").splitlines()]
     assert row["val_images"] == 16 and row["bad_rows_skipped"] == 0
+    listing = s3.get_file_info(pafs.FileSelector("photos/runs/s3run"))
+    assert any(info.base_name.startswith("checkpoint_") for info in listing), listing
+
+    copy = tmp_path / "downloaded"
+    pafs.copy_files("photos/runs/s3run", str(copy), s3, pafs.LocalFileSystem())
+    assert [e for e, _ in read_tensorboard(copy / "tensorboard")["val_acc"]] == [1]
+    client, (run,) = read_mlflow_runs(copy / "mlflow" / "mlflow.db")
+    assert run.info.status == "FINISHED" and run.data.metrics["val_acc"] == row["val_acc"]
+    artifacts = copy / "mlflow" / "artifacts" / run.info.run_id / "artifacts"
+    assert json.loads((artifacts / "summary.json").read_text()) == summary

@@ -9,35 +9,6 @@ from helpers import FIXTURE, load_benchmark
 from rayaccel.core.records import records_of
 
 
-def test_etpp_vs_baseline_over_seeds_averages_times_and_gaps():
-    bench = load_benchmark("etpp_vs_baseline")
-
-    def summary(wall_s: float, acc: float, compute: float) -> dict:
-        return {
-            "wall_time_s": wall_s,
-            "train_time_s": wall_s - 10,
-            "epochs_completed": 3,
-            "final_val_acc": acc,
-            "eval_resolution_px": 28,
-            "compute_vs_baseline": compute,
-        }
-
-    pairs = [
-        bench.pair_result(0, {"baseline": summary(300, 0.90, 1), "et++": summary(100, 0.89, 0.5)}),
-        bench.pair_result(1, {"baseline": summary(100, 0.92, 1), "et++": summary(50, 0.92, 0.5)}),
-    ]
-    assert pairs[0]["wall_time_ratio"] == pytest.approx(3.0)
-    assert pairs[0]["accuracy_delta_points"] == pytest.approx(-1.0)
-    mean = bench.over_seeds(pairs)
-    # Total times (400 s / 150 s), not the mean 2.5 of the ratios 3 and 2.
-    assert mean["wall_time_ratio"] == pytest.approx(400 / 150)
-    assert mean["accuracy_delta_points"] == pytest.approx(-0.5)
-    assert mean["accuracy_delta_sd_points"] == pytest.approx(2**0.5 / 2)
-    assert mean["runs"]["et++"]["final_val_acc"] == pytest.approx(0.905)
-    table = bench.format_table({"data": "d", **mean})
-    assert "seed: mean of 0, 1" in table and "(sd 0.71 over seeds)" in table
-
-
 def test_time_to_accuracy_runs_differ_only_in_their_methods_budgets_and_seeds(tmp_path):
     from rayaccel.config import parse_job, resolve_data
 
