@@ -37,8 +37,10 @@ def dataset_dir(smoke: bool) -> Path:
     return CACHE
 
 
-def start_ray(num_cpus: int = 2) -> None:
+def start_ray(num_cpus: int | None = 2, num_gpus: int | None = None) -> None:
     """Joins `RAY_ADDRESS` (or an already started instance), else starts a private local one.
+
+    `None` lets Ray detect the CPUs (GPUs); `num_gpus` is for machines where it may not.
 
     A private instance keeps the benchmark off other users' clusters on a shared machine;
     `RAY_ADDRESS` is exported because Ray Train's helpers look the cluster up by address and
@@ -51,7 +53,8 @@ def start_ray(num_cpus: int = 2) -> None:
     if os.environ.get("RAY_ADDRESS"):
         connect_ray()
     else:
-        connect_ray(address="local", num_cpus=num_cpus)
+        gpus = {} if num_gpus is None else {"num_gpus": num_gpus}
+        connect_ray(address="local", num_cpus=num_cpus, **gpus)
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
