@@ -37,8 +37,10 @@ def dataset_dir(smoke: bool) -> Path:
     return CACHE
 
 
-def start_ray(num_cpus: int = 2) -> None:
+def start_ray(num_cpus: int | None = 2, num_gpus: int | None = None) -> None:
     """Joins `RAY_ADDRESS` (or an already started instance), else starts a private local one.
+
+    `None` lets Ray detect the CPUs (GPUs); `num_gpus` is for machines where it may not.
 
     A private instance keeps the benchmark off other users' clusters on a shared machine;
     `RAY_ADDRESS` is exported because Ray Train's helpers look the cluster up by address and
@@ -51,7 +53,8 @@ def start_ray(num_cpus: int = 2) -> None:
     if os.environ.get("RAY_ADDRESS"):
         connect_ray()
     else:
-        connect_ray(address="local", num_cpus=num_cpus)
+        gpus = {} if num_gpus is None else {"num_gpus": num_gpus}
+        connect_ray(address="local", num_cpus=num_cpus, **gpus)
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
@@ -138,3 +141,13 @@ def write_record(path: Path, results: dict, *, script: str, argv: list[str] | No
     record = {**provenance(script, argv), **results}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def time_to_target(rows: list[dict], started_unix_s: float | None, target: float) -> dict:
+    """The first evaluated epoch at or above `target` (a 1-based count) and the wall time from
+    `started_unix_s` until its report; `rows` are the run's metrics.jsonl rows."""
+    for row in rows:
+        if row.get("val_acc") is not None and row["val_acc"] >= target:
+            wall_s = None if started_unix_s is None else row["time_unix_s"] - started_unix_s
+            return {"epochs": row["epoch"] + 1, "wall_s": wall_s}
+    return {"epochs": None, "wall_s": None}

@@ -29,10 +29,14 @@ CPU pipeline competes with training, but InfoBatch needs the pipeline):
     et++ & infobatch   both
     progressive        EfficientNetV2 progressive learning, 16 -> 28 px in 4 stages
     fast               jobs/fashion-mnist-fast.yaml (the speed-record tricks) on the same data
+    composed           jobs/fashion-mnist-composed.yaml (curriculum, InfoBatch, EMA, flip TTA)
+    composed -X        the ablation: the composed job without its section X (curriculum,
+                       infobatch, tricks.ema, tricks.tta), to show what each component adds
 
     python benchmarks/time_to_accuracy.py --out runs/tta                        # everything
     python benchmarks/time_to_accuracy.py --out runs/tta --max-runs 4            # a few more runs
     python benchmarks/time_to_accuracy.py --out runs/tta --variants et++ --seeds 0,1,2
+    python benchmarks/time_to_accuracy.py --out runs/tta --variants "composed,composed -infobatch"
     python benchmarks/time_to_accuracy.py --smoke                               # harness check
 """
 
@@ -47,10 +51,22 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from common import REPO_ROOT, dataset_dir, job_on_data, machine, run, start_ray, write_record
+from common import (
+    REPO_ROOT,
+    dataset_dir,
+    job_on_data,
+    machine,
+    run,
+    start_ray,
+    time_to_target,
+    write_record,
+)
 
 JOB = REPO_ROOT / "jobs" / "fashion-mnist-etpp.yaml"
 FAST_JOB = REPO_ROOT / "jobs" / "fashion-mnist-fast.yaml"
+COMPOSED_JOB = REPO_ROOT / "jobs" / "fashion-mnist-composed.yaml"
+# The composed job's components the ablation leaves out one at a time (dotted paths).
+ABLATED = ("curriculum", "infobatch", "tricks.ema", "tricks.tta")
 BUDGETS = (4, 6, 8, 12, 16, 24)
 INFOBATCH = {"prune_ratio": 0.5, "delta": 0.875}
 PROGRESSIVE = {
@@ -76,18 +92,39 @@ def _with(section: str, value: dict, *, keep_curriculum: bool) -> Callable[[dict
     return edit
 
 
-# Variant -> how the base job becomes it (the `fast` variant replaces the job instead).
+def _without(path: str) -> Callable[[dict], dict]:
+    def edit(raw: dict) -> dict:
+        *parents, key = path.split(".")
+        section = raw
+        for name in parents:
+            section = section[name]
+        del section[key]
+        if parents and not section:  # `tricks:` with nothing left in it
+            del raw[parents[0]]
+        return raw
+
+    return edit
+
+
+# Variant -> how its job is made: from the base job (`--job`), or from a shipped job of its own
+# (VARIANT_JOBS) on the same data.
 VARIANTS: dict[str, Callable[[dict], dict]] = {
     "et++": lambda raw: raw,
     "infobatch": _with("infobatch", INFOBATCH, keep_curriculum=False),
     "et++ & infobatch": _with("infobatch", INFOBATCH, keep_curriculum=True),
     "progressive": _with("curriculum", PROGRESSIVE, keep_curriculum=False),
     "fast": lambda raw: raw,
+    "composed": lambda raw: raw,
+    **{f"composed -{path}": _without(path) for path in ABLATED},
+}
+VARIANT_JOBS = {
+    "fast": FAST_JOB,
+    **{name: COMPOSED_JOB for name in VARIANTS if name.startswith("composed")},
 }
 
 
 def slug(name: str) -> str:
-    return name.replace(" & ", "-").replace("+", "p").replace("@", "-")
+    return name.replace(" & ", "-").replace(" -", "-minus-").replace("+", "p").replace("@", "-")
 
 
 def run_jobs(
@@ -108,12 +145,15 @@ def run_jobs(
             raw["train"]["epochs"] = budget
             raws[(f"baseline@{budget}", seed)] = raw
         for name in variants:
-            if name == "fast":
-                raw = job_on_data(FAST_JOB, data, storage)
+            if name in VARIANT_JOBS:
+                raw = job_on_data(VARIANT_JOBS[name], data, storage)
                 if smoke:
                     raw["train"].update(epochs=2, log_every_steps=100)
                     raw["train"]["schedule"] = {"name": "cosine", "warmup_epochs": 0.2}
                     raw.get("tricks", {}).pop("whitening", None)
+                    if "curriculum" in raw:
+                        raw["curriculum"]["budget_epochs"] = 1.5
+                raw = VARIANTS[name](raw)
             else:
                 raw = VARIANTS[name](copy.deepcopy(base))
                 if smoke and name == "progressive":
@@ -132,15 +172,6 @@ def finished(folder: Path) -> dict | None:
         return None
     summary = json.loads(path.read_text())
     return summary if summary["epochs_completed"] >= summary["epochs_planned"] else None
-
-
-def time_to_target(rows: list[dict], started_unix_s: float | None, target: float) -> dict:
-    """The first evaluated epoch at or above `target` and the wall time until its report."""
-    for row in rows:
-        if row.get("val_acc") is not None and row["val_acc"] >= target:
-            wall_s = None if started_unix_s is None else row["time_unix_s"] - started_unix_s
-            return {"epochs": row["epoch"] + 1, "wall_s": wall_s}
-    return {"epochs": None, "wall_s": None}
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -237,7 +268,7 @@ def format_table(analysis: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(analysis: dict, runs: dict[tuple[str, int], dict], path: Path) -> None:
+def plot(analysis: dict, path: Path) -> None:
     """Accuracy against wall time: the baseline frontier as a line, variants with error bars."""
     import matplotlib
 
@@ -348,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(analysis)
     print(f"time to accuracy on {data} ({machine()}; ran {ran}, {missing} still missing)")
     print(table)
-    plot(analysis, runs, storage / "frontier.png")
+    plot(analysis, storage / "frontier.png")
     print(f"[bench] plot: {storage / 'frontier.png'}")
     if args.json:
         results = {

@@ -635,7 +635,8 @@ def build_dataset(
             add columns, which reach the workers.
         row_filter_kwargs: Keyword arguments of `row_filter`.
         listing: For an image folder read at run time (`rayaccel.data.folder`): its
-            `FolderListing`; `meta` then is its `folder_meta`.
+            `FolderListing`, or an object ref of it (`ray.put` once for a run's several
+            pipelines over one folder); `meta` then is its `folder_meta`.
     """
     import ray.data
     from ray.data import RandomSeedConfig
@@ -700,7 +701,11 @@ def build_dataset(
             "decode_batch_rows": decode_batch_rows,
             "row_filter": row_filter,
             "row_filter_kwargs": row_filter_kwargs or {},
-            "listing": None if listing is None else ray.put(listing),
+            "listing": (
+                listing
+                if listing is None or isinstance(listing, ray.ObjectRef)
+                else ray.put(listing)
+            ),
         },
         batch_size=1,
         batch_format="numpy",

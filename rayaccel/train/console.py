@@ -196,7 +196,6 @@ class RunConsole:
         self._progress: Any = None
         self._task: Any = None
         self._progress_epoch: int | None = None
-        self.epochs_shown: list[int] = []
 
     # ------------------------------------------------------------ lifetime
     def __enter__(self) -> RunConsole:
@@ -246,6 +245,7 @@ class RunConsole:
             if name == "ray" or not logger.propagate:
                 if self._file_handler not in logger.handlers:
                     logger.addHandler(self._file_handler)
+                    self._swapped.append((logger, self._file_handler))
 
     def attach(self) -> None:
         """Takes over the stream of Ray's processes' output (Ray must be connected)."""
@@ -288,15 +288,13 @@ class RunConsole:
             self._print_to_stdstream = None
         with self._lock:
             self._stop_progress()
+        # Every logger this console changed: the ray.log handler it added is removed, a
+        # terminal handler it took away is given back.
         for logger, handler in self._swapped:
             if handler is self._file_handler:
                 logger.removeHandler(handler)
             else:
                 logger.addHandler(handler)
-        for name in ["ray", *logging.Logger.manager.loggerDict]:
-            logger = logging.getLogger(name)
-            if self._file_handler in logger.handlers:
-                logger.removeHandler(self._file_handler)
         self._swapped = []
         if self._showwarning is not None:
             warnings.showwarning = self._showwarning
@@ -349,7 +347,6 @@ class RunConsole:
                 self._print(
                     epoch_row(row, self.total_epochs, checkpointed=bool(event.get("checkpoint")))
                 )
-                self.epochs_shown.append(row["epoch"])
 
     # ------------------------------------------------------------ output
     def say(self, line: str) -> None:

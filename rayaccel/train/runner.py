@@ -408,10 +408,11 @@ def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPa
         "clock": clock,
     }
     train_meta = _split_meta(job, "train")
-    # A run-time image folder: the workers' tasks read its files from this listing.
+    # A run-time image folder: the workers' tasks read its files from this listing, in the
+    # object store once for every stage's pipeline.
     listings = {}
     if data.source == "imagefolder":
-        listings = {"listing": list_folder(data.train)}
+        listings = {"listing": ray.put(list_folder(data.train))}
     filters = [part for part in parts if part.row_filter is not None]
     if len(filters) > 1:
         raise ValueError("only one method may filter the training rows")
@@ -451,7 +452,7 @@ def _datasets(job: JobConfig, plan: Plan, spec: WorkerSpec, parts: list[DriverPa
     if data.val is not None:
         val_meta = _split_meta(job, "val")
         if data.source == "imagefolder":
-            listings = {"listing": list_folder(data.val, train_meta.classes)}
+            listings = {"listing": ray.put(list_folder(data.val, train_meta.classes))}
         # One pipeline per resolution the plan evaluates at ("val" is the full size).
         sizes_px = {plan.val_dataset(s.resolution_px): s.resolution_px for s in plan.stages}
         sizes_px["val"] = data.image_size_px

@@ -90,3 +90,36 @@ def test_large_batch_smoke_prints_miou_and_agvm_multipliers(ray_session, tmp_pat
     run = json.loads(results_file.read_text())["runs"]["agvm"]
     assert 0 < run["final_val_miou"] <= run["final_val_pixel_acc"] <= 1
     assert set(run["agvm_mu"]) == {"backbone", "neck", "head"}
+
+
+def test_gpu_check_cpu_mode_runs_every_part(ray_session, tmp_path, capsys):
+    # The CUDA check runs rarely, on a lent machine; its CPU mode keeps the same code working.
+    bench = load_benchmark("gpu_check")
+    results_file = tmp_path / "gpu_check.json"
+    argv = ["--device", "cpu", "--tiny", "--out", str(tmp_path / "runs")]
+    assert bench.main([*argv, "--json", str(results_file)]) == 0
+    out = capsys.readouterr().out
+    for part in bench.PARTS:
+        assert f"| {part} | ok |" in out, part
+    assert f"{len(bench.PARTS)}/{len(bench.PARTS)} parts ok" in out
+    rows = {row["part"]: row for row in json.loads(results_file.read_text())["parts"]}
+    assert list(rows) == list(bench.PARTS)
+    for name in ("quickstart-bf16", "device-data", "curriculum-ib", "fast-to-94"):
+        assert rows[name]["images_per_s"] > 0 and 0 <= rows[name]["accuracy"] <= 1, name
+    assert "max abs diff vs float64 CPU" in rows["fft-lowpass"]["note"]
+    metrics = [
+        json.loads(line)
+        for line in (tmp_path / "runs" / "gpucheck-curriculum-ib" / "metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert [m["resolution_px"] for m in metrics] == [20, 28]
+    assert metrics[1]["infobatch/fraction_pruned"] > 0  # epoch 2 pruned with epoch 1's losses
+
+
+@pytest.mark.gpu
+def test_gpu_check_cuda_mode_runs_every_part(tmp_path):
+    # Run alone (`pytest -m gpu`): it starts its own Ray instance with the GPU in it.
+    bench = load_benchmark("gpu_check")
+    argv = ["--device", "cuda", "--out", str(tmp_path / "runs")]
+    assert bench.main([*argv, "--json", str(tmp_path / "gpu_check.json")]) == 0

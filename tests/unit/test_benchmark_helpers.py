@@ -18,7 +18,7 @@ def test_time_to_accuracy_runs_differ_only_in_their_methods_budgets_and_seeds(tm
         seeds=[0, 1], smoke=True,
     )  # fmt: skip
     jobs = {key: resolve_data(parse_job(raw)) for key, raw in raws.items()}
-    assert len({job.run.name for job in jobs.values()}) == len(jobs) == 2 * (2 + 5)
+    assert len({job.run.name for job in jobs.values()}) == len(jobs) == 2 * (2 + 10)
     base = jobs[("baseline@2", 1)]
     assert base.curriculum is None and base.infobatch is None and base.train.seed == 1
     assert jobs[("baseline@1", 0)].train.epochs == 1
@@ -28,6 +28,19 @@ def test_time_to_accuracy_runs_differ_only_in_their_methods_budgets_and_seeds(tm
     assert jobs[("et++ & infobatch", 0)].curriculum == jobs[("et++", 0)].curriculum
     assert jobs[("progressive", 0)].curriculum.preset == "progressive"
     assert jobs[("fast", 0)].tricks is not None
+    composed = jobs[("composed", 0)]
+    assert (
+        composed.curriculum and composed.infobatch and composed.tricks.ema and composed.tricks.tta
+    )
+    # The ablation: each leaves out exactly its one component.
+    assert jobs[("composed -curriculum", 0)].curriculum is None
+    assert jobs[("composed -infobatch", 0)].infobatch is None
+    assert jobs[("composed -tricks.ema", 0)].tricks.ema is None
+    assert jobs[("composed -tricks.tta", 0)].tricks.tta is None
+    for name in ("composed -infobatch", "composed -tricks.ema", "composed -tricks.tta"):
+        assert jobs[(name, 0)].curriculum == composed.curriculum
+    assert jobs[("composed -tricks.tta", 0)].tricks.ema == composed.tricks.ema
+    assert jobs[("composed -curriculum", 1)].run.name == "tta-composed-minus-curriculum-s1"
     for name in ("et++", "infobatch", "et++ & infobatch", "progressive"):
         job = jobs[(name, 1)]  # the same model, data and training budget as the baseline
         assert (job.model, job.data) == (base.model, base.data)

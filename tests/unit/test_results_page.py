@@ -64,3 +64,52 @@ def test_a_benchmark_record_carries_its_provenance_and_renders(tmp_path):
     assert record["date"].endswith("UTC") and "CPU cores" in record["machine"]
     text = page.render_page(tmp_path)
     assert f"- commit: {record['commit']}" in text and "not recorded" not in text
+
+
+def test_readme_results_table_matches_the_record():
+    page = load_benchmark("results_page")
+    committed = (REPO_ROOT / "README.md").read_text()
+    assert committed == page.render_readme(committed), (
+        "README.md's results table is stale: run `python benchmarks/results_page.py`"
+    )
+
+
+def test_readme_table_and_plot_come_from_the_frontier_record(tmp_path):
+    page = load_benchmark("results_page")
+    row = {"seeds": [0, 1, 2], "acc_sd": 0.001, "wall_s_sd": 5.0}
+    record = {
+        "command": "python benchmarks/time_to_accuracy.py --out runs/tta",
+        "machine": "ci: 2 CPU cores",
+        "date": "2026-12-02 01:00 UTC",
+        "commit": "abc123",
+        "missing_runs": 3,
+        "variants": {
+            "baseline@4": {**row, "acc_mean": 0.925, "wall_s_mean": 300.0},
+            "baseline@8": {**row, "acc_mean": 0.935, "wall_s_mean": 600.0},
+            "et++": {
+                **row, "acc_mean": 0.93, "wall_s_mean": 225.0, "speedup": 2.0,
+                "speedup_bound": "=", "speedup_sd": 0.1,
+            },
+            "fast": {
+                **row, "acc_mean": 0.94, "wall_s_mean": 500.0, "speedup": 1.2,
+                "speedup_bound": ">=", "speedup_sd": 0.05,
+            },
+        },
+    }  # fmt: skip
+    (tmp_path / "time_to_accuracy.json").write_text(json.dumps(record))
+    lines = page.readme_table(tmp_path)
+    text = "\n".join(lines)
+    assert "4 epochs 92.50% in 300 s, 8 epochs 93.50% in 600 s" in text
+    assert "| et++ | 93.00% ± 0.10 | 225 s | 2.00x ± 0.10 |" in text
+    assert "| fast | 94.00% ± 0.10 | 500 s | >= 1.20x ± 0.05 |" in text
+    assert "3 planned runs are not measured yet" in text
+    assert "| baseline@4 |" not in text
+
+    readme = f"intro\n{page.README_START}\nold table\n{page.README_END}\nrest\n"
+    rendered = page.render_readme(readme, tmp_path)
+    assert "old table" not in rendered and rendered.endswith(f"{page.README_END}\nrest\n")
+    assert page.render_readme(rendered, tmp_path) == rendered  # stable
+
+    plot = tmp_path / "frontier.png"
+    assert page.write_frontier_plot(tmp_path, plot) and plot.stat().st_size > 10_000
+    assert not page.write_frontier_plot(tmp_path / "none", plot)
