@@ -131,3 +131,12 @@ def test_large_batch_variants_differ_only_in_batch_optimizer_and_agvm(tmp_path):
     assert jobs["lamb"]["train"]["lr_scaling"]["rule"] == "sqrt"
     for job in jobs.values():
         assert job["model"] == jobs["linear"]["model"] and job["train"]["epochs"] == 3
+
+
+def test_an_ablation_removes_one_component_and_a_section_left_empty():
+    bench = load_benchmark("time_to_accuracy")
+    raw = {"tricks": {"ema": {"momentum": 0.99}, "tta": {"flip": True}}, "infobatch": {}}
+    assert bench._without("tricks.ema")(raw) == {"tricks": {"tta": {"flip": True}}, "infobatch": {}}
+    assert bench._without("tricks.tta")(raw) == {"infobatch": {}}
+    assert bench._without("infobatch")(raw) == {}
+    assert bench.slug("composed -tricks.ema") == "composed-minus-tricks.ema"
