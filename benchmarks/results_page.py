@@ -108,24 +108,33 @@ def readme_table(results_dir: Path = RESULTS_DIR) -> list[str]:
         (int(name.split("@")[1]), row) for name, row in rows.items() if name.startswith("baseline@")
     )
     seeds = sorted({len(row["seeds"]) for row in rows.values()})
+    data = "the bundled fixture (a smoke run)" if record.get("smoke") else "full Fashion-MNIST"
     lines = [
-        f"Measured by `{record.get('command', 'python benchmarks/time_to_accuracy.py')}` on "
-        f"{record.get('machine', 'an unrecorded machine')} ({record.get('date', 'undated')}, "
-        f"commit {record.get('commit', 'not recorded')}): full Fashion-MNIST, ResNet-9 width "
-        f"0.25, {'-'.join(map(str, seeds))} seeds per row. The baseline's frontier: "
+        f"Measured by `{record.get('command', 'python benchmarks/time_to_accuracy.py')}` "
+        f"(commit {record.get('commit', 'not recorded')}) on "
+        f"{record.get('machine', 'an unrecorded machine')}: {data}, "
+        f"{'-'.join(map(str, seeds))} seeds per row. The baseline's frontier: "
         + ", ".join(
             f"{budget} epochs {100 * row['acc_mean']:.2f}% in {row['wall_s_mean']:.0f} s"
             for budget, row in budgets
         )
         + ".",
         "",
-        "| variant | final accuracy (mean ± sd) | wall time (mean) | speed-up at equal accuracy "
-        "(± sd over seeds) |",
-        "|---|---|---|---|",
     ]
-    for name, row in sorted(rows.items()):
-        if name.startswith("baseline@") or "speedup" not in row:
-            continue
+    measured = [
+        (name, row)
+        for name, row in sorted(rows.items())
+        if not name.startswith("baseline@") and "speedup" in row
+    ]
+    if measured:
+        lines += [
+            "| variant | final accuracy (mean ± sd) | wall time (mean) | speed-up at equal "
+            "accuracy (± sd over seeds) |",
+            "|---|---|---|---|",
+        ]
+    else:
+        lines.append("No variant is measured yet.")
+    for name, row in measured:
         bound = "" if row["speedup_bound"] == "=" else row["speedup_bound"] + " "
         lines.append(
             f"| {name} | {100 * row['acc_mean']:.2f}% ± {100 * row['acc_sd']:.2f} | "
