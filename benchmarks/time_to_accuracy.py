@@ -14,10 +14,11 @@ with several seeds, and reports for each variant:
 - its time to a fixed target (`--target`: the first evaluated epoch at or above it), and the
   frontier budgets' too.
 
-Runs are resumable and additive: every (variant, budget, seed) has its own run folder under
-`--out`; a finished one (its summary says every planned epoch ran) is read, not run again, and
-an interrupted one resumes from its checkpoint. So a full table can be built over several
-invocations (`--max-runs N` runs at most N missing ones, then reports what exists).
+Runs are additive: every (variant, budget, seed) has its own run folder under `--out`; a
+finished one (its summary says every planned epoch ran) is read, not run again, and an
+interrupted one is discarded and run again from the start (resumed, its wall time would cover
+only its last attempt). So a full table can be built over several invocations
+(`--max-runs N` runs at most N missing ones, then reports what exists).
 
 Variants of `--job` (default jobs/fashion-mnist-etpp.yaml, whose Ray Data pipeline every
 method composes with; jobs/fashion-mnist-etpp-device.yaml keeps the data on the workers, so no
@@ -45,6 +46,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -172,6 +174,15 @@ def finished(folder: Path) -> dict | None:
         return None
     summary = json.loads(path.read_text())
     return summary if summary["epochs_completed"] >= summary["epochs_planned"] else None
+
+
+def discard_unfinished(folder: Path) -> bool:
+    """Removes the folder of a run that did not finish, so it runs again from the start: the
+    wall time is the measurement, and a resumed run's covers only its last attempt."""
+    if not folder.exists() or finished(folder) is not None:
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -359,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         if summary is None:
             if args.max_runs is not None and ran >= args.max_runs:
                 continue
+            if discard_unfinished(folder):
+                print(f"[bench] discarded the unfinished run in {folder}", flush=True)
             if ran == 0:
                 start_ray()
             print(f"[bench] running {name} seed {seed} -> {folder}", flush=True)

@@ -140,3 +140,24 @@ def test_an_ablation_removes_one_component_and_a_section_left_empty():
     assert bench._without("tricks.tta")(raw) == {"infobatch": {}}
     assert bench._without("infobatch")(raw) == {}
     assert bench.slug("composed -tricks.ema") == "composed-minus-tricks.ema"
+
+
+def test_an_unfinished_run_is_discarded_and_a_finished_one_kept(tmp_path):
+    import json
+
+    bench = load_benchmark("time_to_accuracy")
+
+    def folder(name: str, completed: int | None) -> object:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "checkpoint_1").mkdir()
+        if completed is not None:
+            summary = {"epochs_completed": completed, "epochs_planned": 4}
+            (path / "summary.json").write_text(json.dumps(summary))
+        return path
+
+    done, interrupted, failed = folder("done", 4), folder("cut", None), folder("short", 2)
+    assert not bench.discard_unfinished(done) and done.is_dir()
+    assert bench.discard_unfinished(interrupted) and not interrupted.exists()
+    assert bench.discard_unfinished(failed) and not failed.exists()
+    assert not bench.discard_unfinished(tmp_path / "never-ran")
