@@ -32,6 +32,12 @@ def test_time_to_accuracy_runs_differ_only_in_their_methods_budgets_and_seeds(tm
     assert (
         composed.curriculum and composed.infobatch and composed.tricks.ema and composed.tricks.tta
     )
+    # Its frontier is the base job's baseline: the same data, model and optimizer.
+    assert (composed.model, composed.data) == (base.model, base.data)
+    assert (composed.train.optimizer, composed.train.global_batch_size) == (
+        base.train.optimizer,
+        base.train.global_batch_size,
+    )
     # The ablation: each leaves out exactly its one component.
     assert jobs[("composed -curriculum", 0)].curriculum is None
     assert jobs[("composed -infobatch", 0)].infobatch is None
