@@ -110,7 +110,8 @@ def readme_table(results_dir: Path = RESULTS_DIR) -> list[str]:
     seeds = sorted({len(row["seeds"]) for row in rows.values()})
     data = "the bundled fixture (a smoke run)" if record.get("smoke") else "full Fashion-MNIST"
     lines = [
-        f"Measured by `{record.get('command', 'python benchmarks/time_to_accuracy.py')}` "
+        f"Reported by `{record.get('command', 'python benchmarks/time_to_accuracy.py')}` "
+        "from the run folders its invocations trained "
         f"(commit {record.get('commit', 'not recorded')}) on "
         f"{record.get('machine', 'an unrecorded machine')}: {data}, "
         f"{'-'.join(map(str, seeds))} seeds per row. The baseline's frontier: "
