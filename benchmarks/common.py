@@ -8,6 +8,7 @@ folders print the same numbers.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -136,11 +137,15 @@ def write_record(path: Path, results: dict, *, script: str, argv: list[str] | No
     Records under benchmarks/results/ are rendered into docs/results.md by
     `python benchmarks/results_page.py`.
     """
-    import json
 
     record = {**provenance(script, argv), **results}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def metrics_rows(folder: Path) -> list[dict]:
+    """A local run folder's metrics.jsonl rows, one per epoch."""
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def time_to_target(rows: list[dict], started_unix_s: float | None, target: float) -> dict:

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import math
 import sys
 import tempfile
@@ -66,6 +65,7 @@ from common import (
     REPO_ROOT,
     job_on_data,
     machine,
+    metrics_rows,
     run,
     start_ray,
     time_to_target,
@@ -197,8 +197,7 @@ def fast_to_target(ctx: Context) -> Outcome:
     started_unix_s = time.time()
     summary = run(raw, source="fashion-mnist-fast.yaml")
 
-    folder = Path(summary["run_folder"])
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(Path(summary["run_folder"]))
     hit = time_to_target(rows, started_unix_s, target)
     outcome = ray_outcome(summary)
     reached = (

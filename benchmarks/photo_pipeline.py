@@ -42,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import REPO_ROOT, machine, start_ray, write_record
+from common import REPO_ROOT, machine, metrics_rows, start_ray, write_record
 
 SIZES_PX = (224, 160, 128, 96)
 POLICY = "rand-m9-mstd0.5-inc1"
@@ -222,9 +222,7 @@ def epoch_boundary(storage: Path) -> dict[str, dict]:
             # A fresh local Ray: the benchmark's own instance is shut down by now.
             env={**os.environ, "RAY_ADDRESS": "local"},
         )
-        rows = [
-            json.loads(line) for line in (storage / run / "metrics.jsonl").read_text().splitlines()
-        ]
+        rows = metrics_rows(storage / run)
         waits = [row["first_batch_wait_s"] for row in rows]
         results[name] = {
             "first_batch_wait_s": waits,

@@ -165,7 +165,9 @@ def write_frontier_plot(results_dir: Path = RESULTS_DIR, path: Path = FRONTIER_P
     record_path = results_dir / FRONTIER_RECORD
     if not record_path.is_file():
         return False
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    here = str(Path(__file__).resolve().parent)  # imported from elsewhere (the tests)
+    if here not in sys.path:
+        sys.path.insert(0, here)
     from time_to_accuracy import plot
 
     plot({"rows": json.loads(record_path.read_text())["variants"]}, path)

@@ -58,6 +58,7 @@ from common import (
     dataset_dir,
     job_on_data,
     machine,
+    metrics_rows,
     run,
     start_ray,
     time_to_target,
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] running {name} seed {seed} -> {folder}", flush=True)
             summary = run(raw, source=str(args.job))
             ran += 1
-        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        rows = metrics_rows(folder)
         runs[(name, seed)] = {
             "seed": seed,
             "final_val_acc": summary["final_val_acc"],
